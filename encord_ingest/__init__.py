@@ -1,0 +1,1 @@
+"""encord-ingest: bulk-register cloud-bucket data into Encord."""
