@@ -1,0 +1,95 @@
+"""Plain data passed between stages; slots keep a batch of thousands cheap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+@dataclass(slots=True, frozen=True)
+class ObjectRef:
+    """One object as the listing saw it; `key` is the full key inside the bucket."""
+
+    key: str
+    size: int
+    etag: str = ""
+    version: str = ""
+    last_modified: str = ""
+
+
+@dataclass(slots=True)
+class Entry:
+    """A listed data object with the sidecar file found beside it, if any."""
+
+    obj: ObjectRef
+    sidecar: ObjectRef | None = None
+
+
+class ItemKind(StrEnum):
+    IMAGE = "image"
+    VIDEO = "video"
+    AUDIO = "audio"
+    PDF = "pdf"
+    TEXT = "text"
+    NIFTI = "nifti"
+    DICOM = "dicom"
+    IMAGE_GROUP = "image_group"
+    IMAGE_SEQUENCE = "image_sequence"
+    DICOM_SERIES = "dicom_series"
+
+
+class Outcome(StrEnum):
+    REGISTERED = "registered"
+    UPDATED = "updated"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class Item:
+    """What becomes one Encord storage item: one file, or an ordered group of files."""
+
+    kind: ItemKind
+    key: str
+    url: str
+    title: str
+    entries: list[Entry]
+    urls: list[str]
+    client_metadata: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
+    metadata_hash: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Rejection:
+    """Why one object was not registered: the dead-letter record."""
+
+    url: str
+    key: str
+    stage: str
+    rule: str
+    reason: str
+    transient: bool = False
+    attempts: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "key": self.key,
+            "stage": self.stage,
+            "rule": self.rule,
+            "reason": self.reason,
+            "transient": self.transient,
+            "attempts": self.attempts,
+        }
+
+
+@dataclass(slots=True)
+class Skip:
+    """An object deliberately not imported, with the reason (unsupported type, unchanged, ...)."""
+
+    url: str
+    key: str
+    reason: str

@@ -1,0 +1,56 @@
+"""The one interface every object store offers the pipeline.
+
+Listing is a generator of pages so no caller ever holds a whole bucket; reads are by key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from encord_ingest.models import ObjectRef
+
+
+@dataclass(slots=True, frozen=True)
+class ObjectInfo:
+    """What a HEAD tells beyond the listing: content type and the user metadata."""
+
+    content_type: str
+    metadata: dict[str, str]
+
+
+class ObjectStore(Protocol):
+    """A bucket (or local folder) seen as sorted keys."""
+
+    scheme: str
+    bucket: str
+
+    def list_pages(self, prefix: str, *, page_size: int = 1000) -> Iterator[list[ObjectRef]]:
+        """Objects under `prefix` in key order, one list per service page."""
+        ...
+
+    def list_level(self, prefix: str) -> Iterator[tuple[list[str], list[ObjectRef]]]:
+        """One delimiter level, page by page: child prefixes and the objects directly under `prefix`."""
+        ...
+
+    def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        """The object's body, or its first `max_bytes` bytes."""
+        ...
+
+    def head(self, key: str) -> ObjectInfo:
+        """Content type and user metadata of one object."""
+        ...
+
+    def download_to(self, key: str, path: Path) -> None:
+        """Stream one object to a local file."""
+        ...
+
+    def url_for(self, key: str) -> str:
+        """The URL Encord is given for this object (its integration resolves it)."""
+        ...
+
+    def check_access(self, prefix: str) -> None:
+        """Raise SourceNotFoundError / CredentialsError early, before anything is submitted."""
+        ...

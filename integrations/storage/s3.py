@@ -1,0 +1,127 @@
+"""Amazon S3 (and S3-compatible endpoints via AWS_ENDPOINT_URL) through boto3."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from encord_ingest.errors import AbortError, CredentialsError, SourceNotFoundError
+from encord_ingest.models import ObjectRef
+from integrations.storage.base import ObjectInfo
+
+_CREDENTIAL_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "AllAccessDisabled",
+    "403",
+}
+
+
+def _ref(obj: dict[str, Any]) -> ObjectRef:
+    modified = obj.get("LastModified")
+    return ObjectRef(
+        key=obj["Key"],
+        size=int(obj.get("Size", 0)),
+        etag=str(obj.get("ETag", "")).strip('"'),
+        last_modified=modified.isoformat() if modified is not None else "",
+    )
+
+
+class S3Store:
+    """One bucket. The client is created once and shared by the worker threads (boto3 clients are)."""
+
+    scheme = "s3"
+
+    def __init__(self, bucket: str, client: Any | None = None) -> None:
+        self.bucket = bucket
+        self.client = client or boto3.session.Session().client(
+            "s3",
+            config=Config(
+                retries={"max_attempts": 6, "mode": "adaptive"},
+                max_pool_connections=32,
+                connect_timeout=10,
+                read_timeout=60,
+            ),
+        )
+
+    def _translate(self, exc: Exception, key: str | None) -> Exception:
+        """Map boto errors to our hierarchy; `key` is None for bucket-level calls.
+
+        Messages name the bucket or object, never a credential.
+        """
+        if isinstance(exc, NoCredentialsError):
+            return CredentialsError(
+                "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+            )
+        if isinstance(exc, ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("NoSuchKey", "404", "NotFound") and key is not None:
+                return FileNotFoundError(f"s3://{self.bucket}/{key} does not exist")
+            if code in ("NoSuchBucket", "404"):
+                return SourceNotFoundError(f"S3 bucket {self.bucket!r} does not exist")
+            if code in _CREDENTIAL_CODES:
+                return CredentialsError(f"S3 rejected the credentials for bucket {self.bucket!r} ({code})")
+            return AbortError(f"S3 error on {self.bucket!r}: {code or exc.__class__.__name__}")
+        if isinstance(exc, BotoCoreError):
+            return AbortError(f"S3 unreachable for bucket {self.bucket!r}: {exc.__class__.__name__}")
+        return exc
+
+    def list_pages(self, prefix: str, *, page_size: int = 1000) -> Iterator[list[ObjectRef]]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size})
+        try:
+            for page in pages:
+                contents = page.get("Contents")
+                if contents:
+                    yield [_ref(o) for o in contents]
+        except (ClientError, BotoCoreError) as exc:
+            raise self._translate(exc, None) from None
+
+    def list_level(self, prefix: str) -> Iterator[tuple[list[str], list[ObjectRef]]]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+                prefixes = [p["Prefix"] for p in page.get("CommonPrefixes", ())]
+                yield prefixes, [_ref(o) for o in page.get("Contents", ())]
+        except (ClientError, BotoCoreError) as exc:
+            raise self._translate(exc, None) from None
+
+    def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if max_bytes is not None:
+            kwargs["Range"] = f"bytes=0-{max_bytes - 1}"
+        try:
+            return self.client.get_object(**kwargs)["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            raise self._translate(exc, key) from None
+
+    def head(self, key: str) -> ObjectInfo:
+        try:
+            res = self.client.head_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._translate(exc, key) from None
+        return ObjectInfo(content_type=res.get("ContentType", ""), metadata=dict(res.get("Metadata", {})))
+
+    def download_to(self, key: str, path: Path) -> None:
+        try:
+            self.client.download_file(self.bucket, key, str(path))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._translate(exc, key) from None
+
+    def url_for(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def check_access(self, prefix: str) -> None:
+        try:
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._translate(exc, None) from None

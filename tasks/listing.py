@@ -1,0 +1,183 @@
+"""Listing: pages of keys -> sidecar pairing -> filters -> batches, all streaming.
+
+With `fanout > 1` the top level under the prefix is listed with a delimiter and each child
+prefix is listed by a bounded pool of listers (one sequential lister tops out near 3,000
+keys/s on S3). Each lister's stream is sorted, so sidecar pairing runs per lister; batches are
+cut per stream so a batch stays a contiguous key range. A bounded queue between listers and
+the consumer keeps memory flat whatever the bucket size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from encord_ingest.models import Entry, ObjectRef
+from integrations.storage import Source
+from tasks.filters import KeyFilter
+from tasks.sidecars import DEFAULT_SIDECAR_SUFFIX, SidecarPairer
+
+ORPHAN_REASON = "JSON file with no object beside it (sidecar files are never imported)"
+
+
+@dataclass(slots=True)
+class ListingOptions:
+    key_filter: KeyFilter = field(default_factory=lambda: KeyFilter(None, None))
+    sidecar_suffix: str = DEFAULT_SIDECAR_SUFFIX
+    page_size: int = 1000
+    fanout: int = 1
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Output of one lister page: accepted entries and orphan JSON files, tagged by stream."""
+
+    stream: int
+    entries: list[Entry]
+    orphans: list[ObjectRef]
+    last: bool = False
+
+
+@dataclass(slots=True)
+class ListingStats:
+    pages: int = 0
+    listed: int = 0
+    orphans: int = 0
+    excluded: int = 0
+    orphan_keys: list[str] = field(default_factory=list)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _paired(source: Source, opts: ListingOptions, pages: Iterable[list[ObjectRef]], stream: int) -> Iterator[Chunk]:
+    pairer = SidecarPairer(opts.sidecar_suffix)
+    accepts = opts.key_filter.accepts
+    rel = source.relative
+    for page in pages:
+        out = pairer.feed(page)
+        yield Chunk(
+            stream, [e for e in out.entries if accepts(rel(e.obj.key))], [o for o in out.orphans if accepts(rel(o.key))]
+        )
+    out = pairer.finish()
+    yield Chunk(
+        stream,
+        [e for e in out.entries if accepts(rel(e.obj.key))],
+        [o for o in out.orphans if accepts(rel(o.key))],
+        last=True,
+    )
+
+
+def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
+    store = source.store
+    out: queue.Queue[Chunk | BaseException | None] = queue.Queue(maxsize=2 * opts.fanout)
+    stop = threading.Event()
+    pending_prefixes = threading.BoundedSemaphore(4 * opts.fanout)
+    lock = threading.Lock()
+    outstanding = [1]
+    next_stream = [1]
+    pool = ThreadPoolExecutor(max_workers=opts.fanout + 1, thread_name_prefix="lister")
+
+    def put(item: Chunk | BaseException | None) -> None:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        raise _Stop
+
+    def child(prefix: str, stream: int) -> None:
+        try:
+            for chunk in _paired(source, opts, store.list_pages(prefix, page_size=opts.page_size), stream):
+                put(chunk)
+        except _Stop:
+            return
+        except BaseException as exc:  # delivered to the consumer, which re-raises it
+            put(exc)
+        finally:
+            pending_prefixes.release()
+            if not stop.is_set():
+                with contextlib.suppress(_Stop):
+                    put(None)
+
+    def root() -> None:
+        try:
+
+            def root_pages() -> Iterator[list[ObjectRef]]:
+                for prefixes, objects in store.list_level(source.prefix):
+                    for prefix in prefixes:
+                        while not pending_prefixes.acquire(timeout=0.2):
+                            if stop.is_set():
+                                raise _Stop
+                        with lock:
+                            outstanding[0] += 1
+                            stream = next_stream[0]
+                            next_stream[0] += 1
+                        pool.submit(child, prefix, stream)
+                    if objects:
+                        yield objects
+
+            for chunk in _paired(source, opts, root_pages(), 0):
+                put(chunk)
+        except _Stop:
+            return
+        except BaseException as exc:
+            put(exc)
+        finally:
+            if not stop.is_set():
+                with contextlib.suppress(_Stop):
+                    put(None)
+
+    pool.submit(root)
+    try:
+        while True:
+            item = out.get()
+            if item is None:
+                with lock:
+                    outstanding[0] -= 1
+                    if outstanding[0] == 0:
+                        return
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def iter_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
+    if opts.fanout <= 1:
+        yield from _paired(source, opts, source.store.list_pages(source.prefix, page_size=opts.page_size), 0)
+    else:
+        yield from _fanout_chunks(source, opts)
+
+
+def iter_batches(source: Source, opts: ListingOptions, batch_size: int, stats: ListingStats) -> Iterator[list[Entry]]:
+    """Batches of at most `batch_size` entries, each from one lister stream."""
+    buffers: dict[int, list[Entry]] = {}
+    for chunk in iter_chunks(source, opts):
+        stats.pages += 1
+        stats.listed += len(chunk.entries) + len(chunk.orphans)
+        stats.orphans += len(chunk.orphans)
+        if len(stats.orphan_keys) < 20:
+            stats.orphan_keys.extend(o.key for o in chunk.orphans[: 20 - len(stats.orphan_keys)])
+        buf = buffers.setdefault(chunk.stream, [])
+        for entry in chunk.entries:
+            buf.append(entry)
+            if len(buf) >= batch_size:
+                yield buf
+                buf = buffers[chunk.stream] = []
+        if chunk.last:
+            rest = buffers.pop(chunk.stream, [])
+            if rest:
+                yield rest
+    for rest in buffers.values():
+        if rest:
+            yield rest

@@ -1,0 +1,224 @@
+"""clientMetadata sources (`--metadata SPEC`), merged in the order given, later wins.
+
+Sources split in two: cheap ones known from the listing alone (path, table, set) and ones that
+cost a request per object (sidecar, object). The cheap parts plus the ETags make the item's
+fingerprint, so an unchanged object is skipped before any request is made for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from encord_ingest.errors import ConfigError, UsageError
+from encord_ingest.models import Entry
+from tasks.tables import DuplicateRows, MetadataTable
+from tasks.validate import MAX_METADATA_BYTES
+
+# A sidecar this much bigger than the metadata limit cannot compact below it: refuse unread.
+MAX_SIDECAR_BYTES = 4 * MAX_METADATA_BYTES
+
+
+class MetadataError(Exception):
+    """One object's metadata could not be built; becomes a dead letter with `rule`."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.message = message
+
+
+@dataclass(slots=True, frozen=True)
+class SidecarSpec:
+    pass
+
+
+@dataclass(slots=True, frozen=True)
+class ObjectSpec:
+    pass
+
+
+@dataclass(slots=True, frozen=True)
+class PathSpec:
+    regex: re.Pattern[str]
+
+
+@dataclass(slots=True, frozen=True)
+class TableSpec:
+    url: str
+    index: int
+
+
+@dataclass(slots=True, frozen=True)
+class SetSpec:
+    name: str
+    value: str
+
+
+Spec = SidecarSpec | ObjectSpec | PathSpec | TableSpec | SetSpec
+
+
+def parse_spec(text: str, index: int) -> Spec:
+    kind, sep, arg = text.partition(":")
+    kind = kind.strip().lower()
+    if kind == "sidecar" and not sep:
+        return SidecarSpec()
+    if kind == "object" and not sep:
+        return ObjectSpec()
+    if kind == "path" and arg:
+        try:
+            regex = re.compile(arg)
+        except re.error as exc:
+            raise UsageError(f"--metadata {text!r}: invalid regex: {exc}") from None
+        if not regex.groupindex:
+            raise UsageError(f"--metadata {text!r}: the regex needs named groups, e.g. (?P<site>[^/]+)")
+        return PathSpec(regex)
+    if kind == "table" and arg:
+        return TableSpec(arg, index)
+    if kind == "set" and "=" in arg:
+        name, _, value = arg.partition("=")
+        if not name:
+            raise UsageError(f"--metadata {text!r}: expected set:NAME=VALUE")
+        return SetSpec(name, value)
+    raise UsageError(f"--metadata {text!r}: expected sidecar, object, path:REGEX, table:URL or set:NAME=VALUE")
+
+
+def _reject_constant(name: str) -> Any:
+    raise MetadataError("sidecar.nan", f"{name} is not valid JSON (NaN and Infinity are not allowed)")
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise MetadataError("sidecar.duplicate_key", f"duplicate key {key!r} (jsonb would keep only one)")
+        out[key] = value
+    return out
+
+
+def parse_sidecar(raw: bytes) -> dict[str, Any]:
+    """Strict JSON: UTF-8, an object at the top, no duplicate keys, no NaN/Infinity."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise MetadataError("sidecar.encoding", "sidecar is not UTF-8 text") from None
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_object, parse_constant=_reject_constant)
+    except MetadataError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise MetadataError("sidecar.json", f"sidecar is not JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise MetadataError("sidecar.depth", "sidecar JSON is nested too deeply") from None
+    if not isinstance(value, dict):
+        kind = "an array" if isinstance(value, list) else f"a {type(value).__name__}"
+        raise MetadataError("sidecar.not_object", f"sidecar must hold a JSON object, not {kind}")
+    return value
+
+
+@dataclass(slots=True)
+class Cheap:
+    """What the listing alone tells about one entry's metadata."""
+
+    layers: list[dict[str, Any] | None] = field(default_factory=list)
+    problem: MetadataError | None = None
+
+
+def _stable(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(slots=True)
+class MetadataPlan:
+    specs: list[Spec]
+    texts: list[str]
+    tables: dict[int, MetadataTable]
+
+    @classmethod
+    def build(cls, texts: Sequence[str], *, url_base: str, open_table: Any = None) -> MetadataPlan:
+        """`open_table(url) -> Path` fetches a table given by URL to a local file."""
+        specs = [parse_spec(t, i) for i, t in enumerate(texts)]
+        tables: dict[int, MetadataTable] = {}
+        try:
+            for spec in specs:
+                if isinstance(spec, TableSpec):
+                    path = open_table(spec.url) if open_table is not None else Path(spec.url)
+                    if not Path(path).is_file():
+                        raise ConfigError(f"metadata table {spec.url} does not exist")
+                    tables[spec.index] = MetadataTable(Path(path), label=spec.url, url_base=url_base)
+        except BaseException:
+            for table in tables.values():
+                table.close()
+            raise
+        return cls(specs, list(texts), tables)
+
+    @property
+    def uses_sidecar(self) -> bool:
+        return any(isinstance(s, SidecarSpec) for s in self.specs)
+
+    @property
+    def uses_object(self) -> bool:
+        return any(isinstance(s, ObjectSpec) for s in self.specs)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(_stable(self.texts).encode()).hexdigest()[:16]
+
+    def cheap(self, entries: Sequence[Entry], relative: Any) -> list[Cheap]:
+        """Path, table and constant layers for a batch; one table query per table per batch."""
+        keys = [e.obj.key for e in entries]
+        looked_up = {i: t.lookup(keys) for i, t in self.tables.items()}
+        out: list[Cheap] = []
+        for entry in entries:
+            cheap = Cheap()
+            for spec in self.specs:
+                layer: dict[str, Any] | None = None
+                if isinstance(spec, PathSpec):
+                    m = spec.regex.search(relative(entry.obj.key)) or spec.regex.search(entry.obj.key)
+                    layer = {k: v for k, v in m.groupdict().items() if v is not None} if m else {}
+                elif isinstance(spec, TableSpec):
+                    row = looked_up[spec.index].get(entry.obj.key, {})
+                    if isinstance(row, DuplicateRows):
+                        cheap.problem = MetadataError(
+                            "table.duplicate_key", f"metadata table {spec.url} has {row.count} rows for this key"
+                        )
+                        row = {}
+                    layer = row
+                elif isinstance(spec, SetSpec):
+                    layer = {spec.name: spec.value}
+                cheap.layers.append(layer)
+            out.append(cheap)
+        return out
+
+    def fingerprint(self, entry: Entry, cheap: Cheap, schema_digest: str) -> str:
+        parts = [
+            entry.obj.etag,
+            entry.obj.size,
+            entry.obj.last_modified,
+            self.digest,
+            schema_digest,
+            cheap.layers,
+        ]
+        if self.uses_sidecar and entry.sidecar is not None:
+            parts += [entry.sidecar.key, entry.sidecar.etag, entry.sidecar.size, entry.sidecar.last_modified]
+        return hashlib.sha256(_stable(parts).encode()).hexdigest()[:32]
+
+    def merge(self, cheap: Cheap, sidecar: dict[str, Any] | None, object_meta: dict[str, str] | None) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for spec, layer in zip(self.specs, cheap.layers, strict=True):
+            if isinstance(spec, SidecarSpec):
+                layer = sidecar
+            elif isinstance(spec, ObjectSpec):
+                layer = object_meta
+            if layer:
+                merged.update(layer)
+        return merged
+
+    def close(self) -> None:
+        for table in self.tables.values():
+            table.close()

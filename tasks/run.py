@@ -1,0 +1,229 @@
+"""One ingestion run as plain functions: parameters, pre-flight checks, and the batch loop.
+
+`flows.ingest` runs `drive` with batches dispatched as Prefect tasks; the `manifest` command
+runs it inline. Pre-flight does every check that can fail before anything is submitted, so a
+usage or credentials problem ends the run with nothing sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, Field
+
+from encord_ingest.errors import AbortError, ConfigError, UsageError
+from encord_ingest.models import Entry, Rejection
+from integrations.ledger import DEFAULT_LEDGER, Ledger
+from integrations.storage import open_source
+from tasks.batch import BatchReport, Options, RunContext, process_batch
+from tasks.deadletter import DeadLetters
+from tasks.filters import KeyFilter
+from tasks.listing import ORPHAN_REASON, ListingOptions, ListingStats, iter_batches
+from tasks.manifest import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_SIZE
+from tasks.metadata import MetadataPlan
+from tasks.schema import EMPTY_SCHEMA, load_schema
+from tasks.sidecars import DEFAULT_SIDECAR_SUFFIX
+
+log = logging.getLogger("encord_ingest.run")
+
+STATE_DIR = ".encord-ingest"
+
+
+class IngestParams(BaseModel):
+    """Everything a run needs; typed so the Prefect UI renders a form. No secrets here."""
+
+    source: str = Field(description="s3://bucket/prefix, gs://..., az://..., file:///path or a local path")
+    folder: str = Field(default="", description="Encord storage folder (created when missing)")
+    integration: str = Field(default="", description="title of the Encord cloud integration for the bucket")
+    include: list[str] = Field(default_factory=list, description="globs on the key relative to the prefix")
+    exclude: list[str] = Field(default_factory=list)
+    metadata: list[str] = Field(default_factory=list, description="sidecar, object, path:RE, table:URL, set:K=V")
+    schema_file: str | None = Field(default=None, description="metadata schema YAML to coerce and validate with")
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=500_000)
+    batch_bytes: int = Field(default=DEFAULT_BATCH_BYTES, ge=64 * 1024, le=512 * 1024 * 1024)
+    max_in_flight: int = Field(default=4, ge=1, le=64, description="batches processed at once")
+    fanout: int = Field(default=1, ge=1, le=64, description="parallel listers over top-level prefixes")
+    io_workers: int = Field(default=16, ge=1, le=256, description="threads for per-object reads")
+    item_retries: int = Field(default=3, ge=0, le=20)
+    item_retry_wait: float = Field(default=1.0, ge=0)
+    sidecar_suffix: str = DEFAULT_SIDECAR_SUFFIX
+    account: str = Field(default="", description="Azure storage account for az:// sources")
+    ledger: str = Field(default=DEFAULT_LEDGER, description="SQLite path or postgresql:// URL")
+    state_dir: str = STATE_DIR
+    active_projects: list[str] = Field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RunSummary:
+    listed: int = 0
+    skipped: int = 0
+    submitted: int = 0
+    registered: int = 0
+    updated: int = 0
+    failed: int = 0
+    batches: int = 0
+    dead_letter: str | None = None
+    run_id: str = ""
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, report: BatchReport) -> None:
+        self.batches += 1
+        self.skipped += report.skipped
+        self.submitted += report.submitted
+        self.registered += report.registered
+        self.updated += report.updated
+        self.failed += report.failed
+        for reason, n in report.skip_reasons.items():
+            self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + n
+
+    def public(self) -> dict[str, Any]:
+        """The design's run summary (plus `updated`), counts as integers."""
+        out = asdict(self)
+        out.pop("skip_reasons")
+        return out
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+class Handle(Protocol):
+    def result(self) -> BatchReport: ...
+
+
+def _table_fetcher(stack: ExitStack, account: str) -> Callable[[str], Path]:
+    """Tables given as bucket URLs are streamed to a temp file first."""
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="encord-ingest-")))
+
+    def fetch(url: str) -> Path:
+        if "://" not in url or url.startswith("file://"):
+            return Path(url.removeprefix("file://")).expanduser()
+        src = open_source(url, account=account)
+        target = tmp / Path(src.prefix).name
+        try:
+            src.store.download_to(src.prefix, target)
+        except FileNotFoundError:
+            raise ConfigError(f"metadata table {url} does not exist") from None
+        return target
+
+    return fetch
+
+
+@contextmanager
+def open_context(
+    params: IngestParams, *, run_id: str, uploader_factory: Callable[[], Any] | None, use_ledger: bool
+) -> Iterator[RunContext]:
+    """Pre-flight in the order that fails cheapest first; yields a ready RunContext."""
+    with ExitStack() as stack:
+        schema = load_schema(params.schema_file) if params.schema_file else EMPTY_SCHEMA
+        key_filter = KeyFilter.build(params.include, params.exclude)
+        source = open_source(params.source, account=params.account)
+        url_base = source.store.url_for("")
+        plan = MetadataPlan.build(params.metadata, url_base=url_base, open_table=_table_fetcher(stack, params.account))
+        stack.callback(plan.close)
+        source.store.check_access(source.prefix)
+        uploader = uploader_factory() if uploader_factory is not None else None
+        ledger = Ledger(params.ledger) if use_ledger else None
+        if ledger is not None:
+            stack.callback(ledger.close)
+        io = stack.enter_context(ThreadPoolExecutor(max_workers=params.io_workers, thread_name_prefix="io"))
+        dead = DeadLetters(Path(params.state_dir) / "dead-letters" / f"{run_id}.jsonl")
+        ctx = RunContext(
+            run_id=run_id,
+            source=source,
+            plan=plan,
+            schema=schema,
+            io=io,
+            dead_letters=dead,
+            ledger=ledger,
+            uploader=uploader,
+            options=Options(
+                batch_bytes=params.batch_bytes,
+                item_retries=params.item_retries,
+                item_retry_wait=params.item_retry_wait,
+            ),
+            listing=ListingOptions(key_filter=key_filter, sidecar_suffix=params.sidecar_suffix, fanout=params.fanout),
+        )
+        yield ctx
+
+
+def guarded_batch(ctx: RunContext, number: int, entries: list[Entry]) -> BatchReport:
+    """A batch never loses its entries: an unexpected error dead-letters them all, with the reason."""
+    try:
+        return process_batch(ctx, number, entries)
+    except AbortError:
+        raise
+    except Exception as exc:
+        log.exception("batch %d failed", number)
+        store = ctx.source.store
+        reason = f"batch failed: {exc.__class__.__name__}: {str(exc)[:200]}"
+        ctx.dead_letters.write(
+            Rejection(store.url_for(e.obj.key), e.obj.key, "batch", "batch.error", reason, transient=True)
+            for e in entries
+        )
+        return BatchReport(number=number, listed=len(entries), failed=len(entries))
+
+
+def drive(
+    ctx: RunContext,
+    params: IngestParams,
+    *,
+    submit: Callable[[int, list[Entry]], Handle],
+    wait_first: Callable[[list[Handle]], Handle],
+    on_report: Callable[[BatchReport, RunSummary, int], None] | None = None,
+) -> RunSummary:
+    """List, cut batches, keep at most `max_in_flight` of them running, and sum their reports."""
+    summary = RunSummary(run_id=ctx.run_id)
+    stats = ListingStats()
+    in_flight: list[Handle] = []
+    dispatched = 0
+    abort: BaseException | None = None
+
+    def collect(handle: Handle) -> None:
+        nonlocal abort
+        in_flight.remove(handle)
+        try:
+            report = handle.result()
+        except AbortError as exc:
+            abort = abort or exc
+            return
+        summary.add(report)
+        if on_report is not None:
+            on_report(report, summary, dispatched)
+
+    for entries in iter_batches(ctx.source, ctx.listing, params.batch_size, stats):
+        while len(in_flight) >= params.max_in_flight:
+            collect(wait_first(in_flight))
+        if abort is not None:
+            break
+        dispatched += 1
+        in_flight.append(submit(dispatched, entries))
+    while in_flight:
+        collect(wait_first(in_flight))
+    summary.listed = stats.listed
+    summary.skipped += stats.orphans
+    if stats.orphans:
+        summary.skip_reasons[ORPHAN_REASON] = stats.orphans
+    summary.dead_letter = ctx.dead_letters.location
+    if abort is not None:
+        raise abort
+    return summary
+
+
+def new_run_id() -> str:
+    return os.environ.get("ENCORD_INGEST_RUN_ID") or str(uuid.uuid4())
+
+
+def require(params: IngestParams, *names: str) -> None:
+    missing = [n for n in names if not getattr(params, n)]
+    if missing:
+        raise UsageError("missing " + ", ".join(f"--{n}" for n in missing))
