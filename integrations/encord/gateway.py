@@ -270,3 +270,11 @@ class FolderUploader:
 
     def update_metadata(self, metadata_by_item: dict[str, dict[str, Any]]) -> None:
         self.gateway.update_metadata(metadata_by_item)
+
+
+def connect(folder_name: str, integration_title: str) -> FolderUploader:
+    """Credentials from the environment, integration by title, folder by name (created if missing)."""
+    gateway = EncordGateway(EncordSettings.from_env())
+    integration_id = gateway.integration_id(integration_title)
+    folder = gateway.ensure_folder(folder_name)
+    return FolderUploader(gateway, folder, integration_id)

@@ -1,0 +1,287 @@
+"""The `encord-ingest` command line. Errors become one line on stderr and an exit code:
+0 all registered or unchanged, 1 some dead-lettered, 2 usage/configuration, 3 aborted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from encord_ingest.errors import IngestError, UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+schema_app = typer.Typer(no_args_is_help=True, help="Check, verify or apply a metadata schema file.")
+app.add_typer(schema_app, name="schema")
+
+err = Console(stderr=True)
+out = Console()
+
+Include = Annotated[list[str], typer.Option("--include", help="glob on the key relative to the prefix (repeatable)")]
+Exclude = Annotated[list[str], typer.Option("--exclude", help="glob to leave out (repeatable)")]
+MetadataOpt = Annotated[
+    list[str], typer.Option("--metadata", help="sidecar | object | path:REGEX | table:URL | set:NAME=VALUE")
+]
+SchemaOpt = Annotated[str | None, typer.Option("--schema", help="metadata schema YAML")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the run summary as one JSON object on stdout")]
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    logging.getLogger("encord_ingest").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _params(**kwargs: Any) -> Any:
+    from tasks.run import IngestParams
+
+    try:
+        return IngestParams(**{k: v for k, v in kwargs.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise UsageError(f"--{where.replace('_', '-')}: {first['msg']}") from None
+
+
+def _precheck(params: Any) -> None:
+    """Everything checkable offline, before Prefect or any network is touched."""
+    from integrations.storage import parse_source
+    from tasks.filters import KeyFilter
+    from tasks.metadata import parse_spec
+    from tasks.schema import load_schema
+
+    parse_source(params.source, account=params.account)
+    KeyFilter.build(params.include, params.exclude)
+    for i, spec in enumerate(params.metadata):
+        parse_spec(spec, i)
+    if params.schema_file:
+        load_schema(params.schema_file)
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool, title: str) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+        sys.stdout.flush()
+        return
+    table = Table(title=title, show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, "-" if value is None else str(value))
+    out.print(table)
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Argument(help="s3://bucket/prefix, gs://..., az://..., file:///path or a path")],
+    folder: Annotated[str, typer.Option(help="Encord storage folder (created when missing)")],
+    integration: Annotated[str, typer.Option(help="title of the Encord cloud integration for the bucket")],
+    include: Include = [],  # noqa: B006 - typer reads defaults
+    exclude: Exclude = [],  # noqa: B006
+    metadata: MetadataOpt = [],  # noqa: B006
+    schema: SchemaOpt = None,
+    batch_size: Annotated[int, typer.Option(help="objects per batch task")] = 1000,
+    batch_bytes: Annotated[int, typer.Option(help="max manifest bytes per upload job")] = 4 * 1024 * 1024,
+    max_in_flight: Annotated[int, typer.Option(help="batches processed at once")] = 4,
+    fanout: Annotated[int, typer.Option(help="parallel listers over top-level prefixes")] = 1,
+    ledger: Annotated[str | None, typer.Option(help="SQLite path or postgresql:// URL")] = None,
+    account: Annotated[str, typer.Option(help="Azure storage account (az:// sources)")] = "",
+    sidecar_suffix: Annotated[str, typer.Option(help="suffix of sidecar files")] = ".metadata.json",
+    item_retries: Annotated[int, typer.Option(help="re-submissions of an item that failed transiently")] = 3,
+    active_project: Annotated[list[str], typer.Option("--active-project", help="Active project to re-sync")] = [],  # noqa: B006
+    as_json: JsonOpt = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """List SOURCE, attach clientMetadata, and register every object in an Encord folder."""
+    _setup_logging(verbose)
+    params = _params(
+        source=source,
+        folder=folder,
+        integration=integration,
+        include=include,
+        exclude=exclude,
+        metadata=metadata,
+        schema_file=schema,
+        batch_size=batch_size,
+        batch_bytes=batch_bytes,
+        max_in_flight=max_in_flight,
+        fanout=fanout,
+        ledger=ledger,
+        account=account,
+        sidecar_suffix=sidecar_suffix,
+        item_retries=item_retries,
+        active_projects=active_project,
+    )
+    _precheck(params)
+    from flows.ingest import ingest as ingest_flow
+
+    state = ingest_flow(params, return_state=True)
+    summary = state.result(raise_on_failure=True)
+    if not isinstance(summary, dict):
+        raise IngestError(f"the flow ended in state {state.type.value}: {state.message}")
+    _print_summary(summary, as_json, "encord-ingest run")
+    raise typer.Exit(1 if summary.get("failed") else 0)
+
+
+@app.command()
+def manifest(
+    source: Annotated[str, typer.Argument(help="s3://bucket/prefix, file:///path or a local path")],
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for manifest-NNNNN.json files")],
+    include: Include = [],  # noqa: B006
+    exclude: Exclude = [],  # noqa: B006
+    metadata: MetadataOpt = [],  # noqa: B006
+    schema: SchemaOpt = None,
+    batch_size: Annotated[int, typer.Option(help="objects per manifest")] = 1000,
+    batch_bytes: Annotated[int, typer.Option(help="max bytes per manifest")] = 4 * 1024 * 1024,
+    account: Annotated[str, typer.Option(help="Azure storage account (az:// sources)")] = "",
+    sidecar_suffix: Annotated[str, typer.Option(help="suffix of sidecar files")] = ".metadata.json",
+    as_json: JsonOpt = False,
+) -> None:
+    """List + metadata + validation, writing Encord JSON manifests; contacts no Encord."""
+    _setup_logging()
+    from tasks.manifest_only import write_manifests
+
+    params = _params(
+        source=source,
+        include=include,
+        exclude=exclude,
+        metadata=metadata,
+        schema_file=schema,
+        batch_size=batch_size,
+        batch_bytes=batch_bytes,
+        account=account,
+        sidecar_suffix=sidecar_suffix,
+    )
+    _precheck(params)
+    summary = write_manifests(params, out_dir)
+    _print_summary(summary, as_json, f"manifests in {out_dir}")
+    raise typer.Exit(1 if summary.get("failed") else 0)
+
+
+@schema_app.command("check")
+def schema_check(file: Annotated[Path, typer.Argument(help="schema YAML")]) -> None:
+    """Validate a schema file locally against Encord's rules."""
+    from tasks.schema import load_schema
+
+    parsed = load_schema(file)
+    table = Table(title=f"{file}: {len(parsed.keys)} keys, valid")
+    table.add_column("key")
+    table.add_column("type")
+    for key, spec in parsed.keys.items():
+        table.add_row(key, spec.describe())
+    out.print(table)
+
+
+@app.command()
+def status(
+    ledger: Annotated[str | None, typer.Option(help="SQLite path or postgresql:// URL")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What the ledger knows: objects by state, recent runs, dead letters."""
+    from integrations.ledger import DEFAULT_LEDGER, Ledger
+
+    location = ledger or DEFAULT_LEDGER
+    if "://" not in location and not Path(location).exists():
+        raise UsageError(f"no ledger at {location}: run `encord-ingest ingest` first or pass --ledger")
+    book = Ledger(location)
+    try:
+        data = {"counts": book.counts_by_state(), "runs": book.recent_runs(10), "dead_letters": book.dead_letters(20)}
+    finally:
+        book.close()
+    if as_json:
+        sys.stdout.write(json.dumps(data, default=str) + "\n")
+        return
+    counts = Table(title="objects by state")
+    counts.add_column("state")
+    counts.add_column("objects", justify="right")
+    for state, n in sorted(data["counts"].items()):
+        counts.add_row(state, f"{n:,}")
+    out.print(counts)
+    runs = Table(title="recent runs")
+    for col in ("started", "status", "source", "folder", "registered", "failed"):
+        runs.add_column(col)
+    for r in data["runs"]:
+        s = r.get("summary") or {}
+        runs.add_row(
+            r["started_at"],
+            r["status"],
+            r["source"],
+            r["folder"],
+            str(s.get("registered", "")),
+            str(s.get("failed", "")),
+        )
+    out.print(runs)
+    if data["dead_letters"]:
+        dead = Table(title="dead letters (latest 20)")
+        dead.add_column("url")
+        dead.add_column("error")
+        for d in data["dead_letters"]:
+            dead.add_row(d["url"], d["last_error"])
+        out.print(dead)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def emulator(ctx: typer.Context) -> None:
+    """Run the Encord API emulator (see --help of the emulator itself: `emulator -- --help`)."""
+    from integrations.encord.emulator import main as emulator_main
+
+    raise typer.Exit(emulator_main(list(ctx.args)))
+
+
+@app.command()
+def demo(
+    objects: Annotated[int, typer.Option(help="sample objects to generate")] = 300,
+    keep_running: Annotated[bool, typer.Option(help="leave the dashboard up until Ctrl-C")] = False,
+) -> None:
+    """The whole pipeline on local emulators with generated sample data."""
+    _setup_logging()
+    from encord_ingest.demo import run_demo
+
+    raise typer.Exit(run_demo(objects=objects, keep_running=keep_running))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: maps our errors to exit codes with a one-line reason."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    try:
+        rc = app(args=argv, standalone_mode=False)
+        return int(rc or 0)
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except IngestError as exc:
+        err.print(f"encord-ingest: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("encord-ingest: interrupted; the ledger keeps what finished, re-run to continue", markup=False)
+        return 130
+    except Exception as exc:  # click usage errors and anything unexpected: one line, no traceback
+        import click
+
+        if isinstance(exc, click.ClickException):
+            err.print(f"encord-ingest: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
+            return 2
+        if os.environ.get("ENCORD_INGEST_DEBUG"):
+            raise
+        err.print(
+            f"encord-ingest: internal error {exc.__class__.__name__}: {str(exc)[:300]} "
+            "(set ENCORD_INGEST_DEBUG=1 for the traceback)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""`encord-ingest manifest`: the pipeline up to the manifests, written to files, no Encord, no Prefect."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from encord_ingest.models import Entry
+from tasks.batch import BatchReport
+from tasks.run import IngestParams, drive, guarded_batch, new_run_id, open_context
+
+
+def write_manifests(params: IngestParams, out_dir: Path) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = 0
+    items = 0
+    run_id = new_run_id()
+    with open_context(params, run_id=run_id, uploader_factory=None, use_ledger=False) as ctx:
+
+        def submit(number: int, entries: list[Entry]) -> Future[BatchReport]:
+            nonlocal written, items
+            fut: Future[BatchReport] = Future()
+            report = guarded_batch(ctx, number, entries)
+            for manifest in report.manifests:
+                written += 1
+                items += sum(len(v) for v in manifest.values() if isinstance(v, list))
+                path = out_dir / f"manifest-{written:05d}.json"
+                path.write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+            report.manifests = []
+            fut.set_result(report)
+            return fut
+
+        summary = drive(ctx, params, submit=submit, wait_first=lambda handles: handles[0])
+    result = summary.public()
+    result.update({"manifests": written, "manifest_items": items, "out": str(out_dir)})
+    return result

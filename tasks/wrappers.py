@@ -1,0 +1,21 @@
+"""Prefect tasks around the plain stage functions: one task run per batch, never per object."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from encord_ingest.models import Entry
+from tasks.batch import BatchReport, RunContext
+from tasks.run import guarded_batch
+
+
+@task(
+    name="ingest-batch",
+    task_run_name="batch {number} of {label}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def ingest_batch(ctx: RunContext, number: int, entries: list[Entry], label: str) -> BatchReport:
+    """Retries live inside (per API call and per item), so a task retry would only repeat work."""
+    return guarded_batch(ctx, number, entries)
