@@ -60,17 +60,18 @@ class Proc:
 
 
 def _spawn(
-    cmd: list[str], env: dict[str, str] | None, name: str
+    cmd: list[str], env: dict[str, str] | None, name: str, *, pipe_stdout: bool = False
 ) -> tuple[subprocess.Popen[str], Path, Path, tempfile.TemporaryDirectory[str]]:
     tmp = tempfile.TemporaryDirectory(prefix=f"encord-ingest-{name}-")
     workdir = Path(tmp.name)
     log = workdir / f"{name}.log"
+    log_file = log.open("w")
     popen = subprocess.Popen(
         cmd,
         cwd=workdir,
         env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=log.open("w"),
+        stdout=subprocess.PIPE if pipe_stdout else log_file,
+        stderr=log_file,
         text=True,
         start_new_session=True,
     )
@@ -118,7 +119,7 @@ def start_emulator(env: dict[str, str], *args: str, timeout: float = 60) -> Proc
     cmd = [sys.executable, "-m", "integrations.encord.emulator", "--host", "127.0.0.1", "--port", "0", *args]
     src = str(Path(__file__).resolve().parent.parent)
     env = {**env, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    popen, workdir, log, tmp = _spawn(cmd, env, "emulator")
+    popen, workdir, log, tmp = _spawn(cmd, env, "emulator", pipe_stdout=True)
     found: list[str] = []
 
     def read() -> None:
@@ -168,3 +169,33 @@ def running(proc: Proc) -> Iterator[Proc]:
         yield proc
     finally:
         proc.stop()
+
+
+def start_prefect_server(home: Path, timeout: float = 180) -> Proc:
+    """`prefect server start` on a free port with its database under `home`."""
+    port = free_port()
+    env = {
+        "PREFECT_HOME": str(home.resolve()),
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+    }
+    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    popen, workdir, log, tmp = _spawn(cmd, env, "prefect")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            break
+        try:
+            if requests.get(f"{url}/api/health", timeout=2).ok:
+                return Proc(popen, url, workdir, log, tmp)
+        except requests.RequestException:
+            pass
+        time.sleep(0.25)
+    proc = Proc(popen, url, workdir, log, tmp)
+    detail = proc.tail()
+    proc.stop()
+    raise RuntimeError(f"Prefect server did not start within {timeout}s: {detail}")

@@ -1,0 +1,39 @@
+# encord-ingest: every target sets itself up from a fresh clone (python3, make, node).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo bench lint dashboard clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/encord-ingest demo $(DEMO_ARGS)
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# The Prefect UI over the database the demo wrote (Ctrl-C to stop).
+dashboard: setup
+	PREFECT_HOME=$(CURDIR)/.encord-ingest/prefect PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	  $(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+clean:
+	rm -rf $(VENV) .encord-ingest .pytest_cache .ruff_cache
