@@ -48,7 +48,7 @@ def run_demo(objects: int = 300, keep_running: bool = False) -> int:
     procs: list[Proc] = []
     try:
         console.print("[bold]1/5[/] starting moto (S3), the Encord API emulator and a Prefect server ...")
-        keys = make_keypair(DEMO_DIR, "demo-key")
+        keys = make_keypair(DEMO_DIR.resolve(), "demo-key")
         moto = start_moto()
         procs.append(moto)
         env = aws_env(moto.url)

@@ -156,10 +156,15 @@ class EncordGateway:
         )
         try:
             return retrying(fn)
-        except (AuthenticationError, AuthorisationError):
+        except AuthenticationError:
             raise CredentialsError(
                 f"Encord rejected the credentials at {self.settings.domain} while trying to {what}: "
                 "check ENCORD_SSH_KEY_FILE and ENCORD_DOMAIN"
+            ) from None
+        except AuthorisationError:
+            raise CredentialsError(
+                f"Encord refused access while trying to {what}: the key's user lacks permission, "
+                "or the folder or item no longer exists"
             ) from None
         except EncordException as exc:
             if is_transient(exc):

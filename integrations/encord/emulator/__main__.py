@@ -1,0 +1,7 @@
+"""``python -m integrations.encord.emulator``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main(sys.argv[1:]))
