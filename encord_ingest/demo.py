@@ -10,6 +10,7 @@ from typing import Any
 
 import boto3
 import requests
+from botocore.config import Config
 from rich.console import Console
 from rich.table import Table
 
@@ -25,7 +26,12 @@ BUCKET = "demo-camera-data"
 
 def _seed(endpoint: str, objects: int) -> int:
     s3 = boto3.client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        config=Config(max_pool_connections=32),
     )
     s3.create_bucket(Bucket=BUCKET)
 
@@ -98,14 +104,13 @@ def run_demo(objects: int = 300, keep_running: bool = False) -> int:
         _show(second, f"second run ({time.monotonic() - started:.1f}s)")
 
         encord = requests.get(f"{emulator.url}/_emulator/state", timeout=10).json()
-        console.print(
-            f"[bold]5/5[/] the emulator holds {len(encord['items'])} items in folder(s) "
-            f"{[f['name'] for f in encord['folders']]}; dead letters: {first.get('dead_letter')}"
-        )
+        folders = ", ".join(f["name"] for f in encord["folders"])
+        console.print(f"[bold]5/5[/] the emulator holds {len(encord['items'])} items in folder {folders}")
+        console.print(f"      dead letters: {first.get('dead_letter')}", markup=False)
         if first.get("dead_letter"):
             for line in Path(first["dead_letter"]).read_text().splitlines()[:3]:
                 d = json.loads(line)
-                console.print(f"      {d['key']}: {d['rule']} - {d['reason']}")
+                console.print(f"      {d['key']}: {d['rule']} - {d['reason']}", markup=False)
         run_url = f"{prefect.url}/runs/flow-run/{state.state_details.flow_run_id}"
         if keep_running:
             console.print(f"\n[bold green]Dashboard:[/] {run_url}   (Ctrl-C to stop everything)")
@@ -122,5 +127,18 @@ def run_demo(objects: int = 300, keep_running: bool = False) -> int:
             )
         return 0
     finally:
+        _flush_prefect()
         for proc in reversed(procs):
             proc.stop()
+
+
+def _flush_prefect() -> None:
+    """Ship buffered run logs and events before the server they go to is stopped."""
+    try:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
+    except Exception:  # nothing to flush when the flow never started
+        pass

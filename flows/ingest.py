@@ -13,6 +13,7 @@ from prefect.utilities.annotations import quote
 
 from encord_ingest.errors import IngestError
 from encord_ingest.models import Entry
+from flows.downstream import after_ingest
 from integrations.encord.gateway import connect
 from tasks import artifacts
 from tasks.batch import BatchReport
@@ -57,6 +58,7 @@ def run_ingest(params: IngestParams, run_id: str) -> RunSummary:
         try:
             summary = drive(ctx, params, submit=submit, wait_first=wait_first, on_report=on_report)
             status = "completed" if summary.failed == 0 else "completed-with-dead-letters"
+            summary.downstream = after_ingest(params, summary)
         finally:
             ctx.ledger.finish_run(run_id, status, summary.public())
             artifacts.update_progress(progress_id, len(reports), max(len(reports), 1), summary.listed, True)

@@ -27,6 +27,7 @@ from tasks.deadletter import DeadLetters
 from tasks.listing import ListingOptions
 from tasks.manifest import DEFAULT_BATCH_BYTES, build_manifest, split_by_limits
 from tasks.metadata import MAX_SIDECAR_BYTES, Cheap, MetadataError, MetadataPlan, parse_sidecar
+from tasks.observed import Observed
 from tasks.schema import Schema
 from tasks.validate import validate_metadata
 
@@ -73,6 +74,7 @@ class BatchReport:
     seconds: float = 0.0
     manifests: list[dict[str, Any]] = field(default_factory=list)
     skip_reasons: dict[str, int] = field(default_factory=dict)
+    observed: Observed = field(default_factory=Observed)
 
     def as_row(self) -> dict[str, Any]:
         return {
@@ -238,10 +240,11 @@ class _Batch:
                     self.skip(w, "unchanged since the last run")
                     self.ledger_rows[-1]["state"] = State.REGISTERED
                     self.ledger_rows[-1]["last_error"] = ""
-                else:
-                    updates.append(w)
+                    continue
+                updates.append(w)
             else:
                 new.append(w)
+            self.report.observed.observe(metadata)
         return new, updates
 
     def submit(self, new: list[_Work]) -> None:

@@ -11,10 +11,10 @@ import logging
 import os
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +30,7 @@ from tasks.filters import KeyFilter
 from tasks.listing import ORPHAN_REASON, ListingOptions, ListingStats, iter_batches
 from tasks.manifest import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_SIZE
 from tasks.metadata import MetadataPlan
+from tasks.observed import Observed
 from tasks.schema import EMPTY_SCHEMA, load_schema
 from tasks.sidecars import DEFAULT_SIDECAR_SUFFIX
 
@@ -62,6 +63,19 @@ class IngestParams(BaseModel):
     active_projects: list[str] = Field(default_factory=list)
 
 
+PUBLIC_FIELDS = (
+    "listed",
+    "skipped",
+    "submitted",
+    "registered",
+    "updated",
+    "failed",
+    "batches",
+    "dead_letter",
+    "run_id",
+)
+
+
 @dataclass(slots=True)
 class RunSummary:
     listed: int = 0
@@ -74,6 +88,8 @@ class RunSummary:
     dead_letter: str | None = None
     run_id: str = ""
     skip_reasons: dict[str, int] = field(default_factory=dict)
+    observed: Observed = field(default_factory=Observed)
+    downstream: dict[str, Any] = field(default_factory=dict)
 
     def add(self, report: BatchReport) -> None:
         self.batches += 1
@@ -84,12 +100,11 @@ class RunSummary:
         self.failed += report.failed
         for reason, n in report.skip_reasons.items():
             self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + n
+        self.observed.merge(report.observed)
 
     def public(self) -> dict[str, Any]:
         """The design's run summary (plus `updated`), counts as integers."""
-        out = asdict(self)
-        out.pop("skip_reasons")
-        return out
+        return {name: getattr(self, name) for name in PUBLIC_FIELDS}
 
     @property
     def exit_code(self) -> int:
@@ -180,10 +195,16 @@ def drive(
     submit: Callable[[int, list[Entry]], Handle],
     wait_first: Callable[[list[Handle]], Handle],
     on_report: Callable[[BatchReport, RunSummary, int], None] | None = None,
+    batches: Iterable[list[Entry]] | None = None,
+    stats: ListingStats | None = None,
 ) -> RunSummary:
-    """List, cut batches, keep at most `max_in_flight` of them running, and sum their reports."""
+    """Cut batches (from the listing unless given), keep `max_in_flight` running, sum their reports."""
     summary = RunSummary(run_id=ctx.run_id)
-    stats = ListingStats()
+    if batches is None:
+        stats = ListingStats()
+        batches = iter_batches(ctx.source, ctx.listing, params.batch_size, stats)
+    elif stats is None:
+        raise ValueError("pass the ListingStats that the given batches fill")
     in_flight: list[Handle] = []
     dispatched = 0
     abort: BaseException | None = None
@@ -200,7 +221,7 @@ def drive(
         if on_report is not None:
             on_report(report, summary, dispatched)
 
-    for entries in iter_batches(ctx.source, ctx.listing, params.batch_size, stats):
+    for entries in batches:
         while len(in_flight) >= params.max_in_flight:
             collect(wait_first(in_flight))
         if abort is not None:
