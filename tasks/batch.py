@@ -17,8 +17,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
+from encord.exceptions import EncordException
+
+from encord_ingest.crashpoints import crash_point
 from encord_ingest.errors import CredentialsError, IngestError
 from encord_ingest.models import Entry, Item, ItemKind, Rejection
+from integrations.encord.gateway import UploadResult
 from integrations.ledger import Ledger, Row, State
 from integrations.storage import Source
 from integrations.storage.base import ObjectInfo
@@ -33,6 +37,8 @@ from tasks.validate import validate_metadata
 
 log = logging.getLogger("encord_ingest.batch")
 
+UNCHANGED = "unchanged since the last run"
+CONTENT_KEPT = "content changed at the source; kept the existing Encord item (--on-content-change reimport)"
 PERMANENT_MARKERS = ("not found", "does not exist", "no such", "access denied", "forbidden", "unsupported", "invalid")
 
 
@@ -42,6 +48,7 @@ class Options:
     item_retries: int = 3
     item_retry_wait: float = 1.0
     title_from: str = "key"
+    on_content_change: str = "skip"
 
 
 @dataclass(slots=True)
@@ -103,6 +110,7 @@ class _Work:
     object_meta: dict[str, str] | None = None
     sidecar: dict[str, Any] | None = None
     problem: Rejection | None = None
+    content_changed: bool = False
 
 
 def metadata_hash(metadata: dict[str, Any]) -> str:
@@ -122,12 +130,19 @@ class _Batch:
         self.entries = entries
         self.ledger_rows: list[dict[str, Any]] = []
         self.rejections: list[Rejection] = []
+        self.seen: list[str] = []
+        self.reconciled: dict[str, str] = {}
+        self.work_by_url: dict[str, _Work] = {}
+        self.attempts: dict[str, int] = {}
 
     # -- outcomes ---------------------------------------------------------------------------
     def _row(self, w: _Work, state: str, **extra: Any) -> None:
+        self.ledger_rows.append(self._row_values(w, state, **extra))
+
+    def _row_values(self, w: _Work, state: str, **extra: Any) -> dict[str, Any]:
         base = {
             "url": w.url,
-            "source": self.ctx.source.url,
+            "source": self.ctx.source.id,
             "key": w.entry.obj.key,
             "etag": w.entry.obj.etag,
             "size": w.entry.obj.size,
@@ -142,7 +157,7 @@ class _Batch:
             "transient": False,
         }
         base.update(extra)
-        self.ledger_rows.append(base)
+        return base
 
     def skip(self, w: _Work, reason: str, *, record: bool = True, state: str = State.SKIPPED) -> None:
         self.report.skipped += 1
@@ -159,21 +174,60 @@ class _Batch:
 
     # -- stages -----------------------------------------------------------------------------
     def prepare(self) -> list[_Work]:
+        """Ledger check: unchanged objects leave here, before any request is made for them."""
         ctx = self.ctx
         store = ctx.source.store
         cheap = ctx.plan.cheap(self.entries, ctx.source.relative)
         urls = [store.url_for(e.obj.key) for e in self.entries]
+        self.seen = urls
         rows = ctx.ledger.lookup(urls) if ctx.ledger is not None else {}
+        if ctx.uploader is not None:
+            self.reconcile(rows, {url: e.obj.key for url, e in zip(urls, self.entries, strict=True)})
         work: list[_Work] = []
         for entry, url, c in zip(self.entries, urls, cheap, strict=True):
             fp = ctx.plan.fingerprint(entry, c, ctx.schema.digest)
             row = rows.get(url)
             w = _Work(entry, url, c, fp, row)
-            if row is not None and row.fingerprint == fp and row.state in (State.REGISTERED, State.SKIPPED):
-                self.skip(w, "unchanged since the last run", record=False)
+            if url in self.reconciled and row is not None:
+                # registered by the upload job a killed run started; recorded with what that run sent
+                self.report.registered += 1
+                self._row(w, State.REGISTERED, fingerprint=row.fingerprint, metadata_hash=row.metadata_hash,
+                          data_hash=row.data_hash, job_id=row.job_id)  # fmt: skip
                 continue
+            if row is not None and row.fingerprint == fp and row.state in (State.REGISTERED, State.SKIPPED):
+                self.skip(w, UNCHANGED, record=False)
+                continue
+            if row is not None and row.state == State.REGISTERED and row.etag != entry.obj.etag:
+                w.content_changed = True
             work.append(w)
         return work
+
+    def reconcile(self, rows: dict[str, Row], keys: dict[str, str]) -> None:
+        """Rows left `pending` by a killed run: ask Encord what their upload job did.
+
+        Resolved rows become `registered` in place (with the fingerprint and metadata hash that were
+        sent); the rest stay pending and are submitted again, which `skip_duplicate_urls` makes safe.
+        """
+        by_job: dict[str, list[str]] = {}
+        for url, row in rows.items():
+            if row.state == State.PENDING:
+                by_job.setdefault(row.job_id, []).append(url)
+        for job_id, urls in by_job.items():
+            titles = {keys[u]: u for u in urls}
+            try:
+                result = self.ctx.uploader.resolve(job_id, titles)
+            except (EncordException, IngestError) as exc:
+                log.warning("could not reconcile %d pending objects (job %s): %s", len(urls), job_id or "-", exc)
+                continue
+            for url in urls:
+                uuid = result.item_uuids.get(url)
+                if uuid and url not in result.errors:
+                    old = rows[url]
+                    rows[url] = Row(
+                        url, old.etag, old.fingerprint, old.metadata_hash, uuid, State.REGISTERED,
+                        old.attempts, False, job_id,
+                    )  # fmt: skip
+                    self.reconciled[url] = uuid
 
     def fetch(self, work: list[_Work]) -> None:
         """Per-object requests (HEAD, sidecar GET) for what is left, on the shared I/O pool."""
@@ -235,11 +289,15 @@ class _Batch:
             w.item.fingerprint = w.fingerprint
             w.item.metadata_hash = metadata_hash(metadata)
             row = w.row
-            if row is not None and row.state == State.REGISTERED and row.data_hash:
+            registered = row is not None and row.state == State.REGISTERED and bool(row.data_hash)
+            if registered and w.content_changed and ctx.options.on_content_change == "reimport":
+                new.append(w)
+            elif registered and row is not None:
                 if row.metadata_hash == w.item.metadata_hash:
-                    self.skip(w, "unchanged since the last run")
-                    self.ledger_rows[-1]["state"] = State.REGISTERED
-                    self.ledger_rows[-1]["last_error"] = ""
+                    note = CONTENT_KEPT if w.content_changed else UNCHANGED
+                    if w.content_changed:
+                        log.warning("%s: %s", w.url, CONTENT_KEPT)
+                    self.skip(w, note, state=State.REGISTERED)
                     continue
                 updates.append(w)
             else:
@@ -247,49 +305,71 @@ class _Batch:
             self.report.observed.observe(metadata)
         return new, updates
 
+    def _pending_rows(self, chunk: list[Item]) -> list[dict[str, Any]]:
+        rows = []
+        for it in chunk:
+            w = self.work_by_url[it.url]
+            rows.append(self._row_values(w, State.PENDING, attempts=self.attempts[it.url]))
+        return rows
+
+    def _upload(self, chunk: list[Item], *, reimport: bool) -> UploadResult:
+        """Pending rows first, then the job; a kill anywhere in between is reconciled next run."""
+        ctx = self.ctx
+        urls = [it.url for it in chunk]
+        if ctx.ledger is not None:
+            ctx.ledger.record(self._pending_rows(chunk))
+        crash_point("before-upload-start")
+        job_id = ctx.uploader.start(build_manifest(chunk, skip_duplicate_urls=not reimport))
+        crash_point("after-upload-start")
+        if ctx.ledger is not None:
+            ctx.ledger.set_job(urls, job_id)
+        result = ctx.uploader.wait(job_id, {it.title: it.url for it in chunk})
+        crash_point("after-upload-done")
+        return result
+
     def submit(self, new: list[_Work]) -> None:
         """Upload in manifests within the byte limit; retry transiently failed items with backoff."""
         ctx = self.ctx
         pending = {w.url: w for w in new}
-        attempts = dict.fromkeys(pending, 0)
+        self.work_by_url.update(pending)
+        self.attempts.update(dict.fromkeys(pending, 0))
         self.report.submitted += len(pending)
         round_no = 0
         while pending:
             round_no += 1
-            items = [w.item for w in pending.values() if w.item is not None]
-            for chunk in split_by_limits(items, max_items=len(items), max_bytes=ctx.options.batch_bytes):
-                self.report.jobs += 1
-                for it in chunk:
-                    attempts[it.url] += 1
-                result = ctx.uploader.upload(build_manifest(chunk), {it.title: it.url for it in chunk})
-                for it in chunk:
-                    w = pending[it.url]
-                    if it.url in result.item_uuids and it.url not in result.errors:
-                        self.report.registered += 1
-                        self._row(
-                            w,
-                            State.REGISTERED,
-                            data_hash=result.item_uuids[it.url],
-                            attempts=attempts[it.url],
-                            job_id=result.job_id,
-                        )
-                        del pending[it.url]
-                        continue
-                    error = result.errors.get(it.url) or f"upload job ended {result.status} without this item"
-                    if is_permanent(error) or attempts[it.url] > ctx.options.item_retries:
-                        self.fail(
-                            w,
-                            "upload",
-                            "encord.item_error",
-                            error,
-                            transient=not is_permanent(error),
-                            attempts=attempts[it.url],
-                        )
-                        del pending[it.url]
+            groups = (
+                (False, [w.item for w in pending.values() if w.item is not None and not self._reimport(w)]),
+                (True, [w.item for w in pending.values() if w.item is not None and self._reimport(w)]),
+            )
+            for reimport, items in groups:
+                for chunk in split_by_limits(items, max_items=len(items) or 1, max_bytes=ctx.options.batch_bytes):
+                    self.report.jobs += 1
+                    for it in chunk:
+                        self.attempts[it.url] += 1
+                    result = self._upload(chunk, reimport=reimport)
+                    for it in chunk:
+                        self._settle(pending, it, result)
             if pending:
                 wait = min(30.0, ctx.options.item_retry_wait * 2 ** (round_no - 1)) * (0.5 + random.random())
                 log.info("batch %d: retrying %d failed items in %.1fs", self.report.number, len(pending), wait)
                 ctx.sleep(wait)
+
+    def _reimport(self, w: _Work) -> bool:
+        return w.content_changed and self.ctx.options.on_content_change == "reimport"
+
+    def _settle(self, pending: dict[str, _Work], it: Item, result: UploadResult) -> None:
+        w = pending[it.url]
+        attempts = self.attempts[it.url]
+        if it.url in result.item_uuids and it.url not in result.errors:
+            self.report.registered += 1
+            self._row(w, State.REGISTERED, data_hash=result.item_uuids[it.url], attempts=attempts, job_id=result.job_id)
+            del pending[it.url]
+            return
+        error = result.errors.get(it.url) or f"upload job ended {result.status} without this item"
+        if is_permanent(error) or attempts > self.ctx.options.item_retries:
+            transient = not is_permanent(error)
+            self.fail(w, "upload", "encord.item_error", error, transient=transient, attempts=attempts)
+            del pending[it.url]
 
     def update(self, updates: list[_Work]) -> None:
         ctx = self.ctx
@@ -315,7 +395,7 @@ class _Batch:
             self.update(updates)
         self.ctx.dead_letters.write(self.rejections)
         if self.ctx.ledger is not None and self.ctx.uploader is not None:
-            self.ctx.ledger.record(self.ledger_rows)
+            self.ctx.ledger.record(self.ledger_rows, seen=self.seen, run_id=self.ctx.run_id)
         self.report.seconds = time.monotonic() - started
         return self.report
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from encord_ingest.crashpoints import crash_point
 from encord_ingest.models import Entry, ObjectRef
 from integrations.storage import Source
 from tasks.filters import KeyFilter
@@ -163,6 +164,7 @@ def iter_batches(source: Source, opts: ListingOptions, batch_size: int, stats: L
     """Batches of at most `batch_size` entries, each from one lister stream."""
     buffers: dict[int, list[Entry]] = {}
     for chunk in iter_chunks(source, opts):
+        crash_point("listing-page")
         stats.pages += 1
         stats.listed += len(chunk.entries) + len(chunk.orphans)
         stats.orphans += len(chunk.orphans)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -61,6 +61,11 @@ class IngestParams(BaseModel):
     ledger: str = Field(default=DEFAULT_LEDGER, description="SQLite path or postgresql:// URL")
     state_dir: str = STATE_DIR
     active_projects: list[str] = Field(default_factory=list)
+    on_content_change: Literal["skip", "reimport"] = Field(
+        default="skip", description="an object whose content changed: keep its Encord item, or register it anew"
+    )
+    report_deleted: bool = Field(default=True, description="report objects gone from the source since last run")
+    flag_deleted: str = Field(default="", description="metadata key set to true on items whose object is gone")
 
 
 PUBLIC_FIELDS = (
@@ -73,6 +78,7 @@ PUBLIC_FIELDS = (
     "batches",
     "dead_letter",
     "run_id",
+    "deleted",
 )
 
 
@@ -87,6 +93,7 @@ class RunSummary:
     batches: int = 0
     dead_letter: str | None = None
     run_id: str = ""
+    deleted: int = 0
     skip_reasons: dict[str, int] = field(default_factory=dict)
     observed: Observed = field(default_factory=Observed)
     downstream: dict[str, Any] = field(default_factory=dict)
@@ -146,10 +153,11 @@ def open_context(
         plan = MetadataPlan.build(params.metadata, url_base=url_base, open_table=_table_fetcher(stack, params.account))
         stack.callback(plan.close)
         source.store.check_access(source.prefix)
-        uploader = uploader_factory() if uploader_factory is not None else None
         ledger = Ledger(params.ledger) if use_ledger else None
         if ledger is not None:
             stack.callback(ledger.close)
+            stack.enter_context(ledger.lease(source.id, run_id))  # before Encord: a second run stops at once
+        uploader = uploader_factory() if uploader_factory is not None else None
         io = stack.enter_context(ThreadPoolExecutor(max_workers=params.io_workers, thread_name_prefix="io"))
         dead = DeadLetters(Path(params.state_dir) / "dead-letters" / f"{run_id}.jsonl")
         ctx = RunContext(
@@ -165,6 +173,7 @@ def open_context(
                 batch_bytes=params.batch_bytes,
                 item_retries=params.item_retries,
                 item_retry_wait=params.item_retry_wait,
+                on_content_change=params.on_content_change,
             ),
             listing=ListingOptions(key_filter=key_filter, sidecar_suffix=params.sidecar_suffix, fanout=params.fanout),
         )
@@ -238,6 +247,33 @@ def drive(
     if abort is not None:
         raise abort
     return summary
+
+
+def detect_deleted(ctx: RunContext, params: IngestParams, summary: RunSummary) -> list[str]:
+    """After a complete listing: ledger rows this run did not see are gone from the source.
+
+    They are marked `deleted` in the ledger, counted in the summary and, with `flag_deleted`,
+    flagged in their Encord item's clientMetadata. Rows outside the current filters are left alone.
+    Returns a sample of the URLs for the run report.
+    """
+    if ctx.ledger is None or not params.report_deleted:
+        return []
+    sample: list[str] = []
+    accepts = ctx.listing.key_filter.accepts
+    for page in ctx.ledger.unseen(ctx.source.id, ctx.run_id):
+        gone = [r for r in page if r["key"].startswith(ctx.source.prefix) and accepts(ctx.source.relative(r["key"]))]
+        if not gone:
+            continue
+        if params.flag_deleted and ctx.uploader is not None:
+            with_items = [r["data_hash"] for r in gone if r["data_hash"] and r["state"] == "registered"]
+            ctx.uploader.flag_items(with_items, params.flag_deleted)
+        ctx.ledger.mark_deleted([r["url"] for r in gone], ctx.run_id)
+        summary.deleted += len(gone)
+        sample.extend(r["url"] for r in gone[: max(0, 20 - len(sample))])
+    if summary.deleted:
+        log.warning("%d objects listed before are gone from %s (marked deleted in the ledger)", summary.deleted,
+                    ctx.source.id)  # fmt: skip
+    return sample
 
 
 def new_run_id() -> str:

@@ -245,6 +245,37 @@ class EncordGateway:
                 uuids[url] = str(named.item_uuid)
         return UploadResult(status=state.status.value, item_uuids=uuids, errors=errors, job_id=job_id)
 
+    def flag_items(self, item_uuids: list[str], key: str, value: Any = True) -> None:
+        """Set one clientMetadata key on existing items, keeping the rest of their metadata."""
+        from encord.http.bundle import Bundle
+
+        if not item_uuids:
+            return
+
+        def run() -> None:
+            for i in range(0, len(item_uuids), 500):
+                items = self.client.get_storage_items(item_uuids[i : i + 500])
+                with Bundle() as bundle:
+                    for item in items:
+                        merged = {**(item.client_metadata or {}), key: value}
+                        item.update(client_metadata=merged, bundle=bundle)
+
+        self.call(f"flag {len(item_uuids)} items", run)
+
+    def find_items(self, folder: StorageFolder, urls_by_title: dict[str, str]) -> dict[str, str]:
+        """Item uuids by URL for items already in the folder, searched by title (one query each)."""
+
+        def search() -> dict[str, str]:
+            found: dict[str, str] = {}
+            for title, url in urls_by_title.items():
+                for item in folder.list_items(search=title, include_client_metadata=False, page_size=100):
+                    if item.url == url or (item.name == title and not item.url):
+                        found[url] = str(item.uuid)
+                        break
+            return found
+
+        return self.call(f"look up {len(urls_by_title)} items by URL", search) if urls_by_title else {}
+
     def update_metadata(self, metadata_by_item: dict[str, dict[str, Any]]) -> None:
         """Metadata-only update of existing items: one bulk read, one bundled patch."""
         from encord.http.bundle import Bundle
@@ -269,12 +300,31 @@ class FolderUploader:
         self.folder = folder
         self.integration_id = integration_id
 
-    def upload(self, manifest: dict[str, Any], urls_by_title: dict[str, str]) -> UploadResult:
-        job = self.gateway.start_upload(self.folder, self.integration_id, manifest)
-        return self.gateway.wait_upload(self.folder, job, urls_by_title)
+    def start(self, manifest: dict[str, Any]) -> str:
+        return self.gateway.start_upload(self.folder, self.integration_id, manifest)
+
+    def wait(self, job_id: str, urls_by_title: dict[str, str]) -> UploadResult:
+        """The job's outcome per URL. Items a finished job does not name (e.g. duplicates it
+        skipped) are looked up in the folder by title, so they are not mistaken for failures."""
+        result = self.gateway.wait_upload(self.folder, job_id, urls_by_title)
+        if result.status in ("DONE", "ERROR"):
+            missing = {t: u for t, u in urls_by_title.items() if u not in result.item_uuids and u not in result.errors}
+            if missing:
+                result.item_uuids.update(self.gateway.find_items(self.folder, missing))
+        return result
+
+    def resolve(self, job_id: str, urls_by_title: dict[str, str]) -> UploadResult:
+        """What happened to objects a killed run left pending: by job id, else by URL in the folder."""
+        if job_id:
+            return self.wait(job_id, urls_by_title)
+        found = self.gateway.find_items(self.folder, urls_by_title)
+        return UploadResult(status="UNKNOWN", item_uuids=found, errors={}, job_id="")
 
     def update_metadata(self, metadata_by_item: dict[str, dict[str, Any]]) -> None:
         self.gateway.update_metadata(metadata_by_item)
+
+    def flag_items(self, item_uuids: list[str], key: str) -> None:
+        self.gateway.flag_items(item_uuids, key)
 
 
 def connect(folder_name: str, integration_title: str) -> FolderUploader:

@@ -1,14 +1,20 @@
 """The ledger: one row per source object, so re-runs import only what is new or changed.
 
 SQLite by default, PostgreSQL with a postgresql:// URL; SQLAlchemy Core keeps one code path.
+Every batch writes its rows in one transaction. Rows go `pending` (with the upload job id once
+known) before a job starts, so a run killed at any point can be reconciled with Encord instead
+of guessed at. A lease per source keeps two runs from registering the same objects at once.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +28,21 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     create_engine,
     event,
     func,
     select,
+    text,
+    update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from encord_ingest.errors import ConfigError
+from encord_ingest.crashpoints import crash_point
+from encord_ingest.errors import ConfigError, LedgerLockedError
 
 DEFAULT_LEDGER = ".encord-ingest/ledger.db"
 
@@ -57,6 +67,7 @@ objects = Table(
     Column("job_id", String(64), nullable=False, default=""),
     Column("run_id", String(64), nullable=False, default=""),
     Column("updated_at", String(40), nullable=False),
+    Column("last_seen", String(64), nullable=False, default=""),
 )
 
 runs = Table(
@@ -67,19 +78,29 @@ runs = Table(
     Column("folder", Text, nullable=False, default=""),
     Column("started_at", String(40), nullable=False),
     Column("finished_at", String(40), nullable=True),
-    Column("status", String(16), nullable=False),
+    Column("status", String(32), nullable=False),
     Column("summary", JSON, nullable=True),
 )
 
-versions = Table("ledger_version", metadata, Column("version", Integer, primary_key=True))
+leases = Table(
+    "leases",
+    metadata,
+    Column("source", Text, primary_key=True),
+    Column("run_id", String(64), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("expires_at", String(40), nullable=False),
+)
 
-SCHEMA_VERSION = 1
+versions = Table("ledger_version", metadata, Column("version", Integer, primary_key=True))
 
 
 class State:
     REGISTERED = "registered"
     SKIPPED = "skipped"
     FAILED = "failed"
+    PENDING = "pending"
+    DELETED = "deleted"
 
 
 @dataclass(slots=True, frozen=True)
@@ -92,10 +113,45 @@ class Row:
     state: str
     attempts: int
     transient: bool
+    job_id: str
 
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# -- versioned migrations: each step runs once, in order, inside one transaction ---------------
+def _v1(conn: Connection) -> None:
+    """The first shape: objects and runs."""
+    conn.execute(
+        text(
+            "CREATE TABLE objects (url TEXT PRIMARY KEY, source TEXT NOT NULL, key TEXT NOT NULL, "
+            "etag VARCHAR(200) NOT NULL, size BIGINT NOT NULL, fingerprint VARCHAR(64) NOT NULL, "
+            "metadata_hash VARCHAR(64) NOT NULL, data_hash VARCHAR(64) NOT NULL, kind VARCHAR(32) NOT NULL, "
+            "state VARCHAR(16) NOT NULL, attempts INTEGER NOT NULL, last_error TEXT NOT NULL, "
+            "transient BOOLEAN NOT NULL, job_id VARCHAR(64) NOT NULL, run_id VARCHAR(64) NOT NULL, "
+            "updated_at VARCHAR(40) NOT NULL)"
+        )
+    )
+    conn.execute(text("CREATE INDEX ix_objects_source ON objects (source)"))
+    conn.execute(text("CREATE INDEX ix_objects_state ON objects (state)"))
+    conn.execute(
+        text(
+            "CREATE TABLE runs (run_id VARCHAR(64) PRIMARY KEY, source TEXT NOT NULL, folder TEXT NOT NULL, "
+            "started_at VARCHAR(40) NOT NULL, finished_at VARCHAR(40), status VARCHAR(32) NOT NULL, summary JSON)"
+        )
+    )
+
+
+def _v2(conn: Connection) -> None:
+    """Deleted-object detection (last_seen) and per-source leases."""
+    conn.execute(text("ALTER TABLE objects ADD COLUMN last_seen VARCHAR(64) NOT NULL DEFAULT ''"))
+    conn.execute(text("CREATE INDEX ix_objects_source_seen ON objects (source, last_seen)"))
+    metadata.create_all(conn, tables=[leases])
+
+
+MIGRATIONS = [_v1, _v2]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def engine_url(location: str) -> str:
@@ -117,13 +173,23 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur.close()
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Ledger:
     """Thread-safe; each `record` call is one transaction (one per batch)."""
 
     def __init__(self, location: str = DEFAULT_LEDGER) -> None:
         url = engine_url(location)
         self.dialect = "postgresql" if url.startswith("postgresql") else "sqlite"
-        kwargs: dict[str, Any] = {"future": True}
+        kwargs: dict[str, Any] = {}
         if self.dialect == "sqlite":
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
@@ -143,42 +209,108 @@ class Ledger:
 
     def _migrate(self) -> None:
         with self.engine.begin() as conn:
+            if self.dialect == "postgresql":  # one migrator at a time across processes
+                conn.execute(text("SELECT pg_advisory_xact_lock(7305611)"))
             metadata.create_all(conn, tables=[versions])
             current = conn.execute(select(func.max(versions.c.version))).scalar() or 0
             if current > SCHEMA_VERSION:
                 raise ConfigError(f"ledger schema v{current} is newer than this encord-ingest (v{SCHEMA_VERSION})")
-            if current < 1:
-                metadata.create_all(conn, tables=[objects, runs])
-                conn.execute(versions.insert().values(version=1))
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[version - 1](conn)
+                conn.execute(versions.insert().values(version=version))
+
+    @property
+    def version(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.max(versions.c.version))).scalar() or 0)
 
     def _insert(self, table: Table) -> Any:
         return (pg_insert if self.dialect == "postgresql" else sqlite_insert)(table)
 
+    # -- objects ----------------------------------------------------------------------------
     def lookup(self, urls: Sequence[str]) -> dict[str, Row]:
         if not urls:
             return {}
         c = objects.c
-        cols = (c.url, c.etag, c.fingerprint, c.metadata_hash, c.data_hash, c.state, c.attempts, c.transient)
+        cols = (c.url, c.etag, c.fingerprint, c.metadata_hash, c.data_hash, c.state, c.attempts, c.transient, c.job_id)
         with self.engine.connect() as conn:
             result = conn.execute(select(*cols).where(c.url.in_(list(urls))))
             return {r.url: Row(*r) for r in result}
 
-    def record(self, rows: Iterable[dict[str, Any]]) -> None:
+    def record(self, rows: Iterable[dict[str, Any]], *, seen: Sequence[str] = (), run_id: str = "") -> None:
+        """Upsert rows and mark `seen` URLs as listed by `run_id`, in one transaction."""
         rows = list(rows)
-        if not rows:
-            return
         stamp = now()
-        for row in rows:
-            row.setdefault("updated_at", stamp)
-        stmt = self._insert(objects)
-        updatable = {c.name: stmt.excluded[c.name] for c in objects.columns if c.name != "url"}
-        stmt = stmt.on_conflict_do_update(index_elements=[objects.c.url], set_=updatable)
         columns = [c.name for c in objects.columns]
         defaults = {c.name: c.default.arg for c in objects.columns if c.default is not None}
-        full = [{name: row.get(name, defaults.get(name)) for name in columns} for row in rows]
+        full = []
+        for row in rows:
+            values = {name: row.get(name, defaults.get(name)) for name in columns}
+            values["updated_at"] = row.get("updated_at") or stamp
+            if run_id and not row.get("last_seen"):
+                values["last_seen"] = run_id
+            full.append(values)
         with self._write_lock, self.engine.begin() as conn:
-            conn.execute(stmt, full)
+            if full:
+                stmt = self._insert(objects)
+                updatable = {c.name: stmt.excluded[c.name] for c in objects.columns if c.name != "url"}
+                conn.execute(stmt.on_conflict_do_update(index_elements=[objects.c.url], set_=updatable), full)
+                crash_point("ledger-write")
+            written = {r["url"] for r in full}
+            rest = [u for u in seen if u not in written]
+            for i in range(0, len(rest), 5000):
+                conn.execute(update(objects).where(objects.c.url.in_(rest[i : i + 5000])).values(last_seen=run_id))
 
+    def set_job(self, urls: Sequence[str], job_id: str) -> None:
+        """Remember which upload job carries these pending rows (the reconciliation handle)."""
+        with self._write_lock, self.engine.begin() as conn:
+            for i in range(0, len(urls), 5000):
+                conn.execute(
+                    update(objects)
+                    .where(objects.c.url.in_(list(urls[i : i + 5000])))
+                    .values(job_id=job_id, updated_at=now())
+                )
+
+    def unseen(self, source: str, run_id: str, chunk: int = 2000) -> Iterator[list[dict[str, Any]]]:
+        """Rows of `source` that `run_id` did not list and that are not already marked deleted."""
+        c = objects.c
+        q = (
+            select(c.url, c.key, c.data_hash, c.state)
+            .where(and_(c.source == source, c.last_seen != run_id, c.state != State.DELETED))
+            .order_by(c.url)
+        )
+        last = ""
+        while True:
+            with self.engine.connect() as conn:
+                page = [dict(r._mapping) for r in conn.execute(q.where(c.url > last).limit(chunk))]
+            if not page:
+                return
+            yield page
+            last = page[-1]["url"]
+
+    def mark_deleted(self, urls: Sequence[str], run_id: str) -> None:
+        with self._write_lock, self.engine.begin() as conn:
+            for i in range(0, len(urls), 5000):
+                conn.execute(
+                    update(objects)
+                    .where(objects.c.url.in_(list(urls[i : i + 5000])))
+                    .values(state=State.DELETED, run_id=run_id, updated_at=now(), last_error="deleted at the source")
+                )
+
+    def failed(self, source: str, chunk: int = 1000) -> Iterator[list[dict[str, Any]]]:
+        """Dead-lettered rows of a source, for `--retry-dead-letters`."""
+        c = objects.c
+        q = select(c.url, c.key).where(and_(c.source == source, c.state == State.FAILED)).order_by(c.url)
+        last = ""
+        while True:
+            with self.engine.connect() as conn:
+                page = [dict(r._mapping) for r in conn.execute(q.where(c.url > last).limit(chunk))]
+            if not page:
+                return
+            yield page
+            last = page[-1]["url"]
+
+    # -- runs -------------------------------------------------------------------------------
     def start_run(self, run_id: str, source: str, folder: str) -> None:
         with self._write_lock, self.engine.begin() as conn:
             conn.execute(
@@ -191,6 +323,68 @@ class Ledger:
                 runs.update().where(runs.c.run_id == run_id).values(finished_at=now(), status=status, summary=summary)
             )
 
+    # -- leases -----------------------------------------------------------------------------
+    def acquire(self, source: str, run_id: str, ttl: float = 120.0) -> None:
+        """Take the source's lease, or raise LedgerLockedError naming the holder.
+
+        A lease is free when it expired, or when its holder was a process on this host that is gone
+        (a killed run need not wait for the expiry).
+        """
+        host = socket.gethostname()
+        expires = (datetime.now(UTC) + timedelta(seconds=ttl)).isoformat(timespec="seconds")
+        mine = {"source": source, "run_id": run_id, "host": host, "pid": os.getpid(), "expires_at": expires}
+        with self._write_lock, self.engine.begin() as conn:
+            held = conn.execute(select(leases).where(leases.c.source == source)).first()
+            if held is not None:
+                stale = held.expires_at < now() or (held.host == host and not _pid_alive(held.pid))
+                if not stale and held.run_id != run_id:
+                    raise LedgerLockedError(
+                        f"another run ({held.run_id}, pid {held.pid} on {held.host}) is ingesting {source}; "
+                        f"its lease lasts until {held.expires_at} - wait for it or stop it"
+                    )
+                conn.execute(
+                    update(leases).where(and_(leases.c.source == source, leases.c.run_id == held.run_id)).values(**mine)
+                )
+                return
+            try:
+                conn.execute(leases.insert().values(**mine))
+            except IntegrityError:
+                raise LedgerLockedError(f"another run took the lease on {source} at the same moment") from None
+
+    def renew(self, source: str, run_id: str, ttl: float = 120.0) -> None:
+        expires = (datetime.now(UTC) + timedelta(seconds=ttl)).isoformat(timespec="seconds")
+        with self._write_lock, self.engine.begin() as conn:
+            conn.execute(
+                update(leases)
+                .where(and_(leases.c.source == source, leases.c.run_id == run_id))
+                .values(expires_at=expires)
+            )
+
+    def release(self, source: str, run_id: str) -> None:
+        with self._write_lock, self.engine.begin() as conn:
+            conn.execute(leases.delete().where(and_(leases.c.source == source, leases.c.run_id == run_id)))
+
+    @contextmanager
+    def lease(self, source: str, run_id: str, ttl: float = 120.0) -> Iterator[None]:
+        """Hold the source's lease for the block, renewing it from a background thread."""
+        self.acquire(source, run_id, ttl)
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(ttl / 4):
+                with suppress(SQLAlchemyError):  # the next renewal tries again; expiry is the safety net
+                    self.renew(source, run_id, ttl)
+
+        thread = threading.Thread(target=renew, name="ledger-lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+            self.release(source, run_id)
+
+    # -- reporting --------------------------------------------------------------------------
     def counts_by_state(self, source: str | None = None) -> dict[str, int]:
         q = select(objects.c.state, func.count()).group_by(objects.c.state)
         if source:

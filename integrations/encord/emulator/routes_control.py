@@ -32,6 +32,7 @@ def get_state(request: Request) -> JSONResponse:
             "uploads": [job_state_json(j) for j in state.jobs.values()],
             "resyncs": list(state.resyncs),
             "requests": dict(state.requests),
+            "metadata_updates": state.metadata_updates,
             "faults": emu.faults.config.to_dict(),
             "faults_injected": emu.faults.injected(),
             "integrations": [dataclasses.asdict(i) for i in emu.integrations],

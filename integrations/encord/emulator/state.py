@@ -87,6 +87,7 @@ class State:
         self.schema_v1: dict[str, Any] | None = None
         self.resyncs: list[dict[str, Any]] = []
         self.requests: Counter[str] = Counter()
+        self.metadata_updates = 0
         self._list_cache: dict[tuple[Any, ...], list[str]] = {}
 
     def reset(self) -> None:
@@ -102,6 +103,7 @@ class State:
             self.schema_v1 = None
             self.resyncs.clear()
             self.requests.clear()
+            self.metadata_updates = 0
             self._list_cache.clear()
 
     def count_request(self, key: str) -> None:
@@ -198,6 +200,7 @@ class State:
         with self.lock:
             item.client_metadata = metadata
             item.last_edited_at = now_iso()
+            self.metadata_updates += 1
             folder = self.folders.get(item.folder)
             if folder is not None:
                 folder.version += 1

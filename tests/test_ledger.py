@@ -1,0 +1,94 @@
+"""The ledger on SQLite and on the machine's real PostgreSQL: migrations, rows, leases."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from encord_ingest.errors import LedgerLockedError
+from integrations.ledger import SCHEMA_VERSION, Ledger, State, _v1
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.db")
+    return request.getfixturevalue("postgres_url")
+
+
+def row(url: str, state: str = State.REGISTERED, **extra: object) -> dict:
+    return {"url": url, "source": "s3://b/p/", "key": url.removeprefix("s3://b/"), "state": state, **extra}
+
+
+def test_rows_round_trip_and_seen_tracking(location: str) -> None:
+    ledger = Ledger(location)
+    try:
+        assert ledger.version == SCHEMA_VERSION
+        ledger.record([row("s3://b/p/a", fingerprint="f1", data_hash="u1"), row("s3://b/p/b", State.FAILED)], run_id="r1")
+        got = ledger.lookup(["s3://b/p/a", "s3://b/p/b", "s3://b/p/zzz"])
+        assert set(got) == {"s3://b/p/a", "s3://b/p/b"}
+        assert got["s3://b/p/a"].fingerprint == "f1" and got["s3://b/p/a"].data_hash == "u1"
+        # run r2 sees only a (without rewriting it): b is unseen and can be marked deleted
+        ledger.record([], seen=["s3://b/p/a"], run_id="r2")
+        unseen = [r["url"] for page in ledger.unseen("s3://b/p/", "r2") for r in page]
+        assert unseen == ["s3://b/p/b"]
+        ledger.mark_deleted(unseen, "r2")
+        assert ledger.counts_by_state() == {State.REGISTERED: 1, State.DELETED: 1}
+        assert [r["url"] for page in ledger.unseen("s3://b/p/", "r2") for r in page] == []
+        ledger.set_job(["s3://b/p/a"], "job-1")
+        assert ledger.lookup(["s3://b/p/a"])["s3://b/p/a"].job_id == "job-1"
+    finally:
+        ledger.close()
+
+
+def test_lease_blocks_a_second_run_and_is_released(location: str) -> None:
+    one, two = Ledger(location), Ledger(location)
+    try:
+        with one.lease("s3://b/p/", "run-1"):
+            with pytest.raises(LedgerLockedError, match="run-1"):
+                two.acquire("s3://b/p/", "run-2")
+            two.acquire("s3://b/other/", "run-2")  # another source is free
+        two.acquire("s3://b/p/", "run-2")
+    finally:
+        one.close()
+        two.close()
+
+
+def test_lease_of_a_dead_process_on_this_host_is_taken_over(location: str) -> None:
+    code = (
+        "import os, sys; from integrations.ledger import Ledger; "
+        f"Ledger({location!r}).acquire('s3://b/p/', 'run-dead', ttl=3600); os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    ledger = Ledger(location)
+    try:
+        ledger.acquire("s3://b/p/", "run-next")  # the holder's pid is gone: no need to wait an hour
+    finally:
+        ledger.close()
+
+
+def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE ledger_version (version INTEGER PRIMARY KEY)"))
+        _v1(conn)
+        conn.execute(text("INSERT INTO ledger_version VALUES (1)"))
+        conn.execute(
+            text(
+                "INSERT INTO objects VALUES ('s3://b/x', 's3://b/', 'x', 'e', 1, 'fp', 'mh', 'u', 'image', "
+                "'registered', 1, '', 0, '', 'r0', '2026-01-01T00:00:00+00:00')"
+            )
+        )
+    engine.dispose()
+    ledger = Ledger(str(path))
+    try:
+        assert ledger.version == SCHEMA_VERSION == 2
+        assert ledger.lookup(["s3://b/x"])["s3://b/x"].fingerprint == "fp"
+        ledger.acquire("s3://b/", "r1")  # the v2 leases table exists
+    finally:
+        ledger.close()
