@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -19,10 +18,8 @@ from typing import Any
 
 from encord.exceptions import EncordException
 
-from encord_ingest.crashpoints import crash_point
 from encord_ingest.errors import CredentialsError, IngestError
 from encord_ingest.models import Entry, Item, ItemKind, Rejection
-from integrations.encord.gateway import UploadResult
 from integrations.ledger import Ledger, Row, State
 from integrations.storage import Source
 from integrations.storage.base import ObjectInfo
@@ -33,13 +30,13 @@ from tasks.manifest import DEFAULT_BATCH_BYTES, build_manifest, split_by_limits
 from tasks.metadata import MAX_SIDECAR_BYTES, Cheap, MetadataError, MetadataPlan, parse_sidecar
 from tasks.observed import Observed
 from tasks.schema import Schema
+from tasks.upload import upload_with_retries
 from tasks.validate import validate_metadata
 
 log = logging.getLogger("encord_ingest.batch")
 
 UNCHANGED = "unchanged since the last run"
 CONTENT_KEPT = "content changed at the source; kept the existing Encord item (--on-content-change reimport)"
-PERMANENT_MARKERS = ("not found", "does not exist", "no such", "access denied", "forbidden", "unsupported", "invalid")
 
 
 @dataclass(slots=True)
@@ -116,11 +113,6 @@ class _Work:
 def metadata_hash(metadata: dict[str, Any]) -> str:
     canon = json.dumps(metadata, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()[:32]
-
-
-def is_permanent(error: str) -> bool:
-    text = error.lower()
-    return any(marker in text for marker in PERMANENT_MARKERS)
 
 
 class _Batch:
@@ -305,71 +297,35 @@ class _Batch:
             self.report.observed.observe(metadata)
         return new, updates
 
-    def _pending_rows(self, chunk: list[Item]) -> list[dict[str, Any]]:
-        rows = []
-        for it in chunk:
-            w = self.work_by_url[it.url]
-            rows.append(self._row_values(w, State.PENDING, attempts=self.attempts[it.url]))
-        return rows
-
-    def _upload(self, chunk: list[Item], *, reimport: bool) -> UploadResult:
-        """Pending rows first, then the job; a kill anywhere in between is reconciled next run."""
-        ctx = self.ctx
-        urls = [it.url for it in chunk]
-        if ctx.ledger is not None:
-            ctx.ledger.record(self._pending_rows(chunk))
-        crash_point("before-upload-start")
-        job_id = ctx.uploader.start(build_manifest(chunk, skip_duplicate_urls=not reimport))
-        crash_point("after-upload-start")
-        if ctx.ledger is not None:
-            ctx.ledger.set_job(urls, job_id)
-        result = ctx.uploader.wait(job_id, {it.title: it.url for it in chunk})
-        crash_point("after-upload-done")
-        return result
-
     def submit(self, new: list[_Work]) -> None:
-        """Upload in manifests within the byte limit; retry transiently failed items with backoff."""
-        ctx = self.ctx
-        pending = {w.url: w for w in new}
-        self.work_by_url.update(pending)
-        self.attempts.update(dict.fromkeys(pending, 0))
-        self.report.submitted += len(pending)
-        round_no = 0
-        while pending:
-            round_no += 1
-            groups = (
-                (False, [w.item for w in pending.values() if w.item is not None and not self._reimport(w)]),
-                (True, [w.item for w in pending.values() if w.item is not None and self._reimport(w)]),
-            )
-            for reimport, items in groups:
-                for chunk in split_by_limits(items, max_items=len(items) or 1, max_bytes=ctx.options.batch_bytes):
-                    self.report.jobs += 1
-                    for it in chunk:
-                        self.attempts[it.url] += 1
-                    result = self._upload(chunk, reimport=reimport)
-                    for it in chunk:
-                        self._settle(pending, it, result)
-            if pending:
-                wait = min(30.0, ctx.options.item_retry_wait * 2 ** (round_no - 1)) * (0.5 + random.random())
-                log.info("batch %d: retrying %d failed items in %.1fs", self.report.number, len(pending), wait)
-                ctx.sleep(wait)
+        """Upload within the byte limit; transiently failed items are re-submitted with backoff."""
+        by_url = {w.url: w for w in new if w.item is not None}
+        self.report.submitted += len(by_url)
+
+        def pending_rows(item: Item, attempts: int) -> list[dict[str, Any]]:
+            return [self._row_values(by_url[item.url], State.PENDING, attempts=attempts)]
+
+        def count_job() -> None:
+            self.report.jobs += 1
+
+        outcomes = upload_with_retries(
+            self.ctx,
+            [w.item for w in by_url.values() if w.item is not None],
+            pending_rows=pending_rows,
+            reimport=lambda item: self._reimport(by_url[item.url]),
+            label=f"batch {self.report.number}",
+            on_job=count_job,
+        )
+        for out in outcomes:
+            w = by_url[out.item.url]
+            if out.uuid is not None:
+                self.report.registered += 1
+                self._row(w, State.REGISTERED, data_hash=out.uuid, attempts=out.attempts, job_id=out.job_id)
+            else:
+                self.fail(w, "upload", "encord.item_error", out.error, transient=out.transient, attempts=out.attempts)
 
     def _reimport(self, w: _Work) -> bool:
         return w.content_changed and self.ctx.options.on_content_change == "reimport"
-
-    def _settle(self, pending: dict[str, _Work], it: Item, result: UploadResult) -> None:
-        w = pending[it.url]
-        attempts = self.attempts[it.url]
-        if it.url in result.item_uuids and it.url not in result.errors:
-            self.report.registered += 1
-            self._row(w, State.REGISTERED, data_hash=result.item_uuids[it.url], attempts=attempts, job_id=result.job_id)
-            del pending[it.url]
-            return
-        error = result.errors.get(it.url) or f"upload job ended {result.status} without this item"
-        if is_permanent(error) or attempts > self.ctx.options.item_retries:
-            transient = not is_permanent(error)
-            self.fail(w, "upload", "encord.item_error", error, transient=transient, attempts=attempts)
-            del pending[it.url]
 
     def update(self, updates: list[_Work]) -> None:
         ctx = self.ctx

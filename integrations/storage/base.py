@@ -39,6 +39,10 @@ class ObjectStore(Protocol):
         """The object's body, or its first `max_bytes` bytes."""
         ...
 
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """Up to `length` bytes from offset `start` (fewer at the end of the object)."""
+        ...
+
     def head(self, key: str) -> ObjectInfo:
         """Content type and user metadata of one object."""
         ...

@@ -83,6 +83,11 @@ class FileStore:
         with open(self.root / key, "rb") as fh:
             return fh.read() if max_bytes is None else fh.read(max_bytes)
 
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        with open(self.root / key, "rb") as fh:
+            fh.seek(start)
+            return fh.read(max(0, length))
+
     def head(self, key: str) -> ObjectInfo:
         content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
         return ObjectInfo(content_type=content_type, metadata={})

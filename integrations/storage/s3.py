@@ -104,6 +104,19 @@ class S3Store:
         except (ClientError, BotoCoreError) as exc:
             raise self._translate(exc, key) from None
 
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        try:
+            res = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")
+            return res["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                return b""
+            raise self._translate(exc, key) from None
+        except BotoCoreError as exc:
+            raise self._translate(exc, key) from None
+
     def head(self, key: str) -> ObjectInfo:
         try:
             res = self.client.head_object(Bucket=self.bucket, Key=key)
