@@ -86,3 +86,56 @@ def upload_all(objects: Iterator[SampleObject], put: Callable[[SampleObject], No
         for _ in pool.map(put, objects):
             count += 1
     return count
+
+
+def dicom_slice(
+    *,
+    study_uid: str,
+    series_uid: str,
+    index: int,
+    size: int = 64,
+    patient: str = "ANON-1",
+    modality: str = "CT",
+    drop: tuple[str, ...] = (),
+) -> bytes:
+    """One CT-like slice written with pydicom (tags as a scanner writes them; `drop` leaves some out)."""
+    import io
+
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    sop_uid = generate_uid(entropy_srcs=[series_uid, str(index)])
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("slice", {}, file_meta=meta, preamble=b"\0" * 128)
+    values = {
+        "SOPClassUID": meta.MediaStorageSOPClassUID,
+        "SOPInstanceUID": sop_uid,
+        "StudyInstanceUID": study_uid,
+        "SeriesInstanceUID": series_uid,
+        "PatientID": patient,
+        "Modality": modality,
+        "BodyPartExamined": "CHEST",
+        "InstanceNumber": index + 1,
+        "ImagePositionPatient": [0.0, 0.0, float(index) * 2.5],
+        "ImageOrientationPatient": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        "SliceThickness": 2.5,
+        "PixelSpacing": [0.7, 0.7],
+        "Rows": size,
+        "Columns": size,
+    }
+    for name, value in values.items():
+        if name not in drop:
+            setattr(ds, name, value)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.PixelData = bytes((index + i) % 251 for i in range(size * size * 2))
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from encord.exceptions import EncordException
+from pydicom.errors import InvalidDicomError
 
 from encord_ingest.errors import CredentialsError, IngestError
 from encord_ingest.models import Entry, Item, ItemKind, Rejection
@@ -25,10 +27,12 @@ from integrations.storage import Source
 from integrations.storage.base import ObjectInfo
 from tasks.classify import by_content_type, by_extension, unsupported_reason
 from tasks.deadletter import DeadLetters
+from tasks.dicom import PREAMBLE_BYTES, DicomHeader, HeaderTooLarge, has_preamble, read_header
 from tasks.listing import ListingOptions
 from tasks.manifest import DEFAULT_BATCH_BYTES, build_manifest, split_by_limits
 from tasks.metadata import MAX_SIDECAR_BYTES, Cheap, MetadataError, MetadataPlan, parse_sidecar
 from tasks.observed import Observed
+from tasks.ordering import dicom_sort_key, natural_key
 from tasks.schema import Schema
 from tasks.upload import upload_with_retries
 from tasks.validate import validate_metadata
@@ -46,6 +50,9 @@ class Options:
     item_retry_wait: float = 1.0
     title_from: str = "key"
     on_content_change: str = "skip"
+    dicom_3d: str = "auto"
+    group_regex: re.Pattern[str] | None = None
+    group_as_sequence: bool = False
 
 
 @dataclass(slots=True)
@@ -62,6 +69,7 @@ class RunContext:
     uploader: Any = None
     options: Options = field(default_factory=Options)
     listing: ListingOptions = field(default_factory=ListingOptions)
+    staging: Ledger | None = None
     sleep: Callable[[float], None] = time.sleep
 
 
@@ -79,6 +87,8 @@ class BatchReport:
     manifests: list[dict[str, Any]] = field(default_factory=list)
     skip_reasons: dict[str, int] = field(default_factory=dict)
     observed: Observed = field(default_factory=Observed)
+    staged: int = 0
+    dicom_bytes: int = 0
 
     def as_row(self) -> dict[str, Any]:
         return {
@@ -108,6 +118,8 @@ class _Work:
     sidecar: dict[str, Any] | None = None
     problem: Rejection | None = None
     content_changed: bool = False
+    kind: ItemKind | None = None
+    dicom: DicomHeader | None = None
 
 
 def metadata_hash(metadata: dict[str, Any]) -> str:
@@ -124,8 +136,8 @@ class _Batch:
         self.rejections: list[Rejection] = []
         self.seen: list[str] = []
         self.reconciled: dict[str, str] = {}
-        self.work_by_url: dict[str, _Work] = {}
-        self.attempts: dict[str, int] = {}
+        self.staged: list[dict[str, Any]] = []
+        self.touched: list[str] = []
 
     # -- outcomes ---------------------------------------------------------------------------
     def _row(self, w: _Work, state: str, **extra: Any) -> None:
@@ -187,6 +199,10 @@ class _Batch:
                           data_hash=row.data_hash, job_id=row.job_id)  # fmt: skip
                 continue
             if row is not None and row.fingerprint == fp and row.state in (State.REGISTERED, State.SKIPPED):
+                if row.group_key and row.state == State.REGISTERED:
+                    self.touched.append(url)  # counted when its group is settled after the listing
+                    self.report.staged += 1
+                    continue
                 self.skip(w, UNCHANGED, record=False)
                 continue
             if row is not None and row.state == State.REGISTERED and row.etag != entry.obj.etag:
@@ -229,10 +245,18 @@ class _Batch:
         def one(w: _Work) -> None:
             key = w.entry.obj.key
             try:
-                if plan.uses_object or by_extension(key) is None:
+                kind = by_extension(key)
+                if plan.uses_object or kind is None:
                     info: ObjectInfo = store.head(key)
                     w.content_type = info.content_type
                     w.object_meta = info.metadata
+                    kind = kind or by_content_type(info.content_type)
+                if kind is None and w.entry.obj.size >= PREAMBLE_BYTES:
+                    kind = ItemKind.DICOM if has_preamble(store.read_range(key, 0, PREAMBLE_BYTES)) else None
+                w.kind = kind
+                if kind == ItemKind.DICOM:
+                    w.dicom = read_header(store, key, w.entry.obj.size, plan.dicom_tags)
+                    self.report.dicom_bytes += w.dicom.bytes_read
                 sidecar = w.entry.sidecar
                 if plan.uses_sidecar and sidecar is not None:
                     if sidecar.size > MAX_SIDECAR_BYTES:
@@ -240,6 +264,10 @@ class _Batch:
                     w.sidecar = parse_sidecar(store.read_bytes(sidecar.key, max_bytes=MAX_SIDECAR_BYTES + 1))
             except MetadataError as exc:
                 w.problem = Rejection(w.url, key, "metadata", exc.rule, exc.message)
+            except InvalidDicomError as exc:
+                w.problem = Rejection(w.url, key, "dicom", "dicom.header", str(exc))
+            except HeaderTooLarge as exc:
+                w.problem = Rejection(w.url, key, "dicom", "dicom.header", str(exc))
             except FileNotFoundError as exc:
                 w.problem = Rejection(w.url, key, "metadata", "source.missing", str(exc), transient=True)
             except CredentialsError:
@@ -260,18 +288,23 @@ class _Batch:
                 p = w.problem
                 self.fail(w, p.stage, p.rule, p.reason, transient=p.transient)
                 continue
-            kind = by_extension(key) or (by_content_type(w.content_type) if w.content_type else None)
+            kind = w.kind
             if kind is None:
                 self.skip(w, unsupported_reason(key, w.content_type))
                 continue
-            if kind == ItemKind.DICOM:
-                self.skip(w, "DICOM file (series grouping is not supported in this version)")
+            if kind == ItemKind.DICOM and w.dicom is not None and not w.dicom.series_uid:
+                self.fail(w, "dicom", "dicom.missing_tags", "missing SeriesInstanceUID (cannot place it in a series)")
                 continue
-            if w.cheap.problem is not None:
+            group = self._group_of(w, kind)
+            if w.cheap.problem is not None and group is None:
                 self.fail(w, "metadata", w.cheap.problem.rule, w.cheap.problem.message)
                 continue
-            merged = ctx.plan.merge(w.cheap, w.sidecar, w.object_meta)
+            merged = ctx.plan.merge(w.cheap, w.sidecar, w.object_meta, w.dicom.tags if w.dicom else None)
             metadata, violation = validate_metadata(merged, ctx.schema)
+            if group is not None:
+                problem = w.cheap.problem.message if w.cheap.problem else (violation.reason if violation else "")
+                self._stage(w, group, metadata, problem)
+                continue
             if violation is not None:
                 self.fail(w, "validate", violation.rule, violation.reason)
                 continue
@@ -296,6 +329,47 @@ class _Batch:
                 new.append(w)
             self.report.observed.observe(metadata)
         return new, updates
+
+    def _group_of(self, w: _Work, kind: ItemKind) -> tuple[ItemKind, str, str] | None:
+        """(group kind, group key, sort key) when the object is one member of a grouped item."""
+        opts = self.ctx.options
+        if kind == ItemKind.DICOM and w.dicom is not None:
+            sort = dicom_sort_key(w.dicom.instance_number, w.dicom.position_z, w.entry.obj.key)
+            return ItemKind.DICOM_SERIES, w.dicom.series_uid[:255], sort
+        if kind == ItemKind.IMAGE and opts.group_regex is not None:
+            m = opts.group_regex.search(self.ctx.source.relative(w.entry.obj.key))
+            named = [v for v in m.groupdict().values() if v] if m else []
+            if named:
+                group_kind = ItemKind.IMAGE_SEQUENCE if opts.group_as_sequence else ItemKind.IMAGE_GROUP
+                return group_kind, named[0][:255], natural_key(w.entry.obj.key)
+        return None
+
+    def _stage(self, w: _Work, group: tuple[ItemKind, str, str], metadata: dict[str, Any], problem: str) -> None:
+        group_kind, group_key, sort_key = group
+        if w.dicom is not None:
+            missing = w.dicom.missing
+            if missing:
+                problem = f"missing {', '.join(missing)}" + (f"; {problem}" if problem else "")
+            if w.dicom.missing_spatial:
+                metadata = {**metadata, "__missing_spatial__": w.dicom.missing_spatial}
+        self.report.staged += 1
+        self.staged.append(
+            {
+                "run_id": self.ctx.run_id,
+                "url": w.url,
+                "group_key": group_key,
+                "kind": group_kind.value,
+                "key": w.entry.obj.key,
+                "sort_key": sort_key,
+                "fingerprint": w.fingerprint,
+                "etag": w.entry.obj.etag,
+                "size": w.entry.obj.size,
+                "status": "new",
+                "data_hash": "",
+                "metadata": json.dumps(metadata, ensure_ascii=False),
+                "problem": problem,
+            }
+        )
 
     def submit(self, new: list[_Work]) -> None:
         """Upload within the byte limit; transiently failed items are re-submitted with backoff."""
@@ -350,6 +424,9 @@ class _Batch:
             self.submit(new)
             self.update(updates)
         self.ctx.dead_letters.write(self.rejections)
+        if self.ctx.staging is not None:
+            self.ctx.staging.stage(self.staged)
+            self.ctx.staging.touch_staged(self.touched, self.ctx.run_id)
         if self.ctx.ledger is not None and self.ctx.uploader is not None:
             self.ctx.ledger.record(self.ledger_rows, seen=self.seen, run_id=self.ctx.run_id)
         self.report.seconds = time.monotonic() - started

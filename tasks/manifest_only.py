@@ -9,7 +9,8 @@ from typing import Any
 
 from encord_ingest.models import Entry
 from tasks.batch import BatchReport
-from tasks.run import IngestParams, drive, guarded_batch, new_run_id, open_context
+from tasks.groups import Group
+from tasks.run import IngestParams, drive, guarded_batch, guarded_group_batch, new_run_id, open_context
 
 
 def write_manifests(params: IngestParams, out_dir: Path) -> dict[str, Any]:
@@ -20,9 +21,14 @@ def write_manifests(params: IngestParams, out_dir: Path) -> dict[str, Any]:
     with open_context(params, run_id=run_id, uploader_factory=None, use_ledger=False) as ctx:
 
         def submit(number: int, entries: list[Entry]) -> Future[BatchReport]:
+            return write(guarded_batch(ctx, number, entries))
+
+        def submit_groups(number: int, groups: list[Group]) -> Future[BatchReport]:
+            return write(guarded_group_batch(ctx, number, groups))
+
+        def write(report: BatchReport) -> Future[BatchReport]:
             nonlocal written, items
             fut: Future[BatchReport] = Future()
-            report = guarded_batch(ctx, number, entries)
             for manifest in report.manifests:
                 written += 1
                 items += sum(len(v) for v in manifest.values() if isinstance(v, list))
@@ -32,7 +38,7 @@ def write_manifests(params: IngestParams, out_dir: Path) -> dict[str, Any]:
             fut.set_result(report)
             return fut
 
-        summary = drive(ctx, params, submit=submit, wait_first=lambda handles: handles[0])
+        summary = drive(ctx, params, submit=submit, wait_first=lambda handles: handles[0], submit_groups=submit_groups)
     result = summary.public()
     result.update({"manifests": written, "manifest_items": items, "out": str(out_dir)})
     return result

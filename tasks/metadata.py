@@ -55,12 +55,17 @@ class TableSpec:
 
 
 @dataclass(slots=True, frozen=True)
+class DicomSpec:
+    tags: tuple[str, ...]
+
+
+@dataclass(slots=True, frozen=True)
 class SetSpec:
     name: str
     value: str
 
 
-Spec = SidecarSpec | ObjectSpec | PathSpec | TableSpec | SetSpec
+Spec = SidecarSpec | ObjectSpec | PathSpec | TableSpec | SetSpec | DicomSpec
 
 
 def parse_spec(text: str, index: int) -> Spec:
@@ -80,6 +85,16 @@ def parse_spec(text: str, index: int) -> Spec:
         return PathSpec(regex)
     if kind == "table" and arg:
         return TableSpec(arg, index)
+    if kind == "dicom" and arg:
+        from pydicom.datadict import tag_for_keyword
+
+        tags = tuple(t.strip() for t in arg.split(",") if t.strip())
+        unknown = [t for t in tags if tag_for_keyword(t) is None]
+        if unknown:
+            raise UsageError(
+                f"--metadata {text!r}: unknown DICOM keyword(s) {unknown} (e.g. Modality, BodyPartExamined)"
+            )
+        return DicomSpec(tags)
     if kind == "set" and "=" in arg:
         name, _, value = arg.partition("=")
         if not name:
@@ -166,6 +181,10 @@ class MetadataPlan:
         return any(isinstance(s, ObjectSpec) for s in self.specs)
 
     @property
+    def dicom_tags(self) -> tuple[str, ...]:
+        return tuple(t for s in self.specs if isinstance(s, DicomSpec) for t in s.tags)
+
+    @property
     def digest(self) -> str:
         return hashlib.sha256(_stable(self.texts).encode()).hexdigest()[:16]
 
@@ -208,13 +227,21 @@ class MetadataPlan:
             parts += [entry.sidecar.key, entry.sidecar.etag, entry.sidecar.size, entry.sidecar.last_modified]
         return hashlib.sha256(_stable(parts).encode()).hexdigest()[:32]
 
-    def merge(self, cheap: Cheap, sidecar: dict[str, Any] | None, object_meta: dict[str, str] | None) -> dict[str, Any]:
+    def merge(
+        self,
+        cheap: Cheap,
+        sidecar: dict[str, Any] | None,
+        object_meta: dict[str, str] | None,
+        dicom_tags: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         merged: dict[str, Any] = {}
         for spec, layer in zip(self.specs, cheap.layers, strict=True):
             if isinstance(spec, SidecarSpec):
                 layer = sidecar
             elif isinstance(spec, ObjectSpec):
                 layer = object_meta
+            elif isinstance(spec, DicomSpec):
+                layer = {t: v for t, v in (dicom_tags or {}).items() if t in spec.tags}
             if layer:
                 merged.update(layer)
         return merged

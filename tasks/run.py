@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +28,7 @@ from integrations.storage import open_source
 from tasks.batch import BatchReport, Options, RunContext, process_batch
 from tasks.deadletter import DeadLetters
 from tasks.filters import KeyFilter
+from tasks.groups import Group, iter_group_batches, process_group_batch
 from tasks.listing import ORPHAN_REASON, ListingOptions, ListingStats, iter_batches
 from tasks.manifest import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_SIZE
 from tasks.metadata import MetadataPlan
@@ -63,6 +65,11 @@ class IngestParams(BaseModel):
     active_projects: list[str] = Field(default_factory=list)
     on_content_change: Literal["skip", "reimport"] = Field(
         default="skip", description="an object whose content changed: keep its Encord item, or register it anew"
+    )
+    group_by: str = Field(default="", description="regex with a named group: images with the same value form one item")
+    group_as: Literal["image-group", "image-sequence"] = "image-group"
+    dicom_3d: Literal["auto", "require", "ignore"] = Field(
+        default="auto", description="require the spatial DICOM tags: for multi-slice series (auto), always, never"
     )
     report_deleted: bool = Field(default=True, description="report objects gone from the source since last run")
     flag_deleted: str = Field(default="", description="metadata key set to true on items whose object is gone")
@@ -140,6 +147,18 @@ def _table_fetcher(stack: ExitStack, account: str) -> Callable[[str], Path]:
     return fetch
 
 
+def compile_group_regex(text: str) -> re.Pattern[str] | None:
+    if not text:
+        return None
+    try:
+        regex = re.compile(text)
+    except re.error as exc:
+        raise UsageError(f"--group-by {text!r}: invalid regex: {exc}") from None
+    if not regex.groupindex:
+        raise UsageError(f"--group-by {text!r}: name the group, e.g. (?P<group>[^/]+)/frame_")
+    return regex
+
+
 @contextmanager
 def open_context(
     params: IngestParams, *, run_id: str, uploader_factory: Callable[[], Any] | None, use_ledger: bool
@@ -153,10 +172,16 @@ def open_context(
         plan = MetadataPlan.build(params.metadata, url_base=url_base, open_table=_table_fetcher(stack, params.account))
         stack.callback(plan.close)
         source.store.check_access(source.prefix)
+        group_regex = compile_group_regex(params.group_by)
         ledger = Ledger(params.ledger) if use_ledger else None
         if ledger is not None:
             stack.callback(ledger.close)
             stack.enter_context(ledger.lease(source.id, run_id))  # before Encord: a second run stops at once
+            staging = ledger
+        else:  # grouped items are staged even when nothing is recorded (manifest-only runs)
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="encord-ingest-stage-")))
+            staging = Ledger(str(scratch / "staging.db"))
+            stack.callback(staging.close)
         uploader = uploader_factory() if uploader_factory is not None else None
         io = stack.enter_context(ThreadPoolExecutor(max_workers=params.io_workers, thread_name_prefix="io"))
         dead = DeadLetters(Path(params.state_dir) / "dead-letters" / f"{run_id}.jsonl")
@@ -168,12 +193,16 @@ def open_context(
             io=io,
             dead_letters=dead,
             ledger=ledger,
+            staging=staging,
             uploader=uploader,
             options=Options(
                 batch_bytes=params.batch_bytes,
                 item_retries=params.item_retries,
                 item_retry_wait=params.item_retry_wait,
                 on_content_change=params.on_content_change,
+                dicom_3d=params.dicom_3d,
+                group_regex=group_regex,
+                group_as_sequence=params.group_as == "image-sequence",
             ),
             listing=ListingOptions(key_filter=key_filter, sidecar_suffix=params.sidecar_suffix, fanout=params.fanout),
         )
@@ -197,6 +226,22 @@ def guarded_batch(ctx: RunContext, number: int, entries: list[Entry]) -> BatchRe
         return BatchReport(number=number, listed=len(entries), failed=len(entries))
 
 
+def guarded_group_batch(ctx: RunContext, number: int, groups: list[Group]) -> BatchReport:
+    """Like `guarded_batch`, for grouped items: an unexpected error dead-letters every member."""
+    try:
+        return process_group_batch(ctx, number, groups)
+    except AbortError:
+        raise
+    except Exception as exc:
+        log.exception("group batch %d failed", number)
+        reason = f"batch failed: {exc.__class__.__name__}: {str(exc)[:200]}"
+        members = [m for g in groups for m in g.members]
+        ctx.dead_letters.write(
+            Rejection(m["url"], m["key"], "batch", "batch.error", reason, transient=True) for m in members
+        )
+        return BatchReport(number=number, listed=len(members), failed=len(members))
+
+
 def drive(
     ctx: RunContext,
     params: IngestParams,
@@ -206,6 +251,7 @@ def drive(
     on_report: Callable[[BatchReport, RunSummary, int], None] | None = None,
     batches: Iterable[list[Entry]] | None = None,
     stats: ListingStats | None = None,
+    submit_groups: Callable[[int, list[Group]], Handle] | None = None,
 ) -> RunSummary:
     """Cut batches (from the listing unless given), keep `max_in_flight` running, sum their reports."""
     summary = RunSummary(run_id=ctx.run_id)
@@ -230,15 +276,22 @@ def drive(
         if on_report is not None:
             on_report(report, summary, dispatched)
 
-    for entries in batches:
-        while len(in_flight) >= params.max_in_flight:
+    def dispatch(work: Iterable[Any], send: Callable[[int, Any], Handle]) -> None:
+        nonlocal dispatched
+        for payload in work:
+            while len(in_flight) >= params.max_in_flight:
+                collect(wait_first(in_flight))
+            if abort is not None:
+                break
+            dispatched += 1
+            in_flight.append(send(dispatched, payload))
+        while in_flight:
             collect(wait_first(in_flight))
-        if abort is not None:
-            break
-        dispatched += 1
-        in_flight.append(submit(dispatched, entries))
-    while in_flight:
-        collect(wait_first(in_flight))
+
+    dispatch(batches, submit)
+    if abort is None:  # grouped items: every member is staged once the listing is done
+        group_sender = submit_groups or (lambda n, groups: _Done(guarded_group_batch(ctx, n, groups)))
+        dispatch(iter_group_batches(ctx, params.batch_size), group_sender)
     summary.listed = stats.listed
     summary.skipped += stats.orphans
     if stats.orphans:
@@ -247,6 +300,16 @@ def drive(
     if abort is not None:
         raise abort
     return summary
+
+
+class _Done:
+    """A handle for work already done inline."""
+
+    def __init__(self, report: BatchReport) -> None:
+        self.report = report
+
+    def result(self) -> BatchReport:
+        return self.report
 
 
 def detect_deleted(ctx: RunContext, params: IngestParams, summary: RunSummary) -> list[str]:

@@ -7,7 +7,8 @@ from prefect.cache_policies import NO_CACHE
 
 from encord_ingest.models import Entry
 from tasks.batch import BatchReport, RunContext
-from tasks.run import guarded_batch
+from tasks.groups import Group
+from tasks.run import guarded_batch, guarded_group_batch
 
 
 @task(
@@ -19,3 +20,14 @@ from tasks.run import guarded_batch
 def ingest_batch(ctx: RunContext, number: int, entries: list[Entry], label: str) -> BatchReport:
     """Retries live inside (per API call and per item), so a task retry would only repeat work."""
     return guarded_batch(ctx, number, entries)
+
+
+@task(
+    name="ingest-groups",
+    task_run_name="grouped items {number} of {label}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def ingest_group_batch(ctx: RunContext, number: int, groups: list[Group], label: str) -> BatchReport:
+    """DICOM series and image groups, registered once all their files were listed."""
+    return guarded_group_batch(ctx, number, groups)

@@ -87,7 +87,7 @@ def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
     engine.dispose()
     ledger = Ledger(str(path))
     try:
-        assert ledger.version == SCHEMA_VERSION == 2
+        assert ledger.version == SCHEMA_VERSION == 3
         assert ledger.lookup(["s3://b/x"])["s3://b/x"].fingerprint == "fp"
         ledger.acquire("s3://b/", "r1")  # the v2 leases table exists
     finally:

@@ -68,6 +68,25 @@ objects = Table(
     Column("run_id", String(64), nullable=False, default=""),
     Column("updated_at", String(40), nullable=False),
     Column("last_seen", String(64), nullable=False, default=""),
+    Column("group_key", String(255), nullable=False, default=""),
+)
+
+staged = Table(
+    "staged",
+    metadata,
+    Column("url", Text, primary_key=True),
+    Column("run_id", String(64), nullable=False),
+    Column("group_key", String(255), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("key", Text, nullable=False),
+    Column("sort_key", String(255), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("etag", String(200), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("data_hash", String(64), nullable=False),
+    Column("metadata", Text, nullable=False),
+    Column("problem", Text, nullable=False),
 )
 
 runs = Table(
@@ -114,6 +133,8 @@ class Row:
     attempts: int
     transient: bool
     job_id: str
+    group_key: str = ""
+    kind: str = ""
 
 
 def now() -> str:
@@ -150,7 +171,14 @@ def _v2(conn: Connection) -> None:
     metadata.create_all(conn, tables=[leases])
 
 
-MIGRATIONS = [_v1, _v2]
+def _v3(conn: Connection) -> None:
+    """Grouped items (DICOM series, image groups): members remember their group; a run stages them."""
+    conn.execute(text("ALTER TABLE objects ADD COLUMN group_key VARCHAR(255) NOT NULL DEFAULT ''"))
+    metadata.create_all(conn, tables=[staged])
+    conn.execute(text("CREATE INDEX ix_staged_group ON staged (run_id, group_key, sort_key)"))
+
+
+MIGRATIONS = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -232,7 +260,10 @@ class Ledger:
         if not urls:
             return {}
         c = objects.c
-        cols = (c.url, c.etag, c.fingerprint, c.metadata_hash, c.data_hash, c.state, c.attempts, c.transient, c.job_id)
+        cols = (
+            c.url, c.etag, c.fingerprint, c.metadata_hash, c.data_hash, c.state, c.attempts, c.transient, c.job_id,
+            c.group_key, c.kind,
+        )  # fmt: skip
         with self.engine.connect() as conn:
             result = conn.execute(select(*cols).where(c.url.in_(list(urls))))
             return {r.url: Row(*r) for r in result}
@@ -296,6 +327,66 @@ class Ledger:
                     .where(objects.c.url.in_(list(urls[i : i + 5000])))
                     .values(state=State.DELETED, run_id=run_id, updated_at=now(), last_error="deleted at the source")
                 )
+
+    # -- staging of grouped items ----------------------------------------------------------
+    def stage(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Group members as this run saw them (one row per file, kept across runs)."""
+        if not rows:
+            return
+        stmt = self._insert(staged)
+        updatable = {c.name: stmt.excluded[c.name] for c in staged.columns if c.name != "url"}
+        with self._write_lock, self.engine.begin() as conn:
+            conn.execute(stmt.on_conflict_do_update(index_elements=[staged.c.url], set_=updatable), list(rows))
+
+    def touch_staged(self, urls: Sequence[str], run_id: str) -> None:
+        """Unchanged members join this run's groups without being read again."""
+        with self._write_lock, self.engine.begin() as conn:
+            for i in range(0, len(urls), 5000):
+                conn.execute(
+                    update(staged)
+                    .where(staged.c.url.in_(list(urls[i : i + 5000])))
+                    .values(run_id=run_id, status="unchanged")
+                )
+
+    def set_staged_hash(self, urls: Sequence[str], data_hash: str) -> None:
+        with self._write_lock, self.engine.begin() as conn:
+            for i in range(0, len(urls), 5000):
+                conn.execute(
+                    update(staged).where(staged.c.url.in_(list(urls[i : i + 5000]))).values(data_hash=data_hash)
+                )
+
+    def staged_groups(self, run_id: str, chunk: int = 5000) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+        """(group_key, kind, members in order) for every group a run staged, streaming."""
+        c = staged.c
+        q = select(staged).where(c.run_id == run_id).order_by(c.group_key, c.kind, c.sort_key, c.url)
+        current: tuple[str, str] | None = None
+        members: list[dict[str, Any]] = []
+        last: tuple[str, str, str, str] | None = None
+        while True:
+            page_q = q
+            if last is not None:
+                g, k, sk, u = last
+                page_q = q.where(
+                    (c.group_key > g)
+                    | (and_(c.group_key == g, c.kind > k))
+                    | (and_(c.group_key == g, c.kind == k, c.sort_key > sk))
+                    | (and_(c.group_key == g, c.kind == k, c.sort_key == sk, c.url > u))
+                )
+            with self.engine.connect() as conn:
+                page = [dict(r._mapping) for r in conn.execute(page_q.limit(chunk))]
+            if not page:
+                break
+            for row in page:
+                ident = (row["group_key"], row["kind"])
+                if current is not None and ident != current:
+                    yield current[0], current[1], members
+                    members = []
+                current = ident
+                members.append(row)
+            r = page[-1]
+            last = (r["group_key"], r["kind"], r["sort_key"], r["url"])
+        if current is not None:
+            yield current[0], current[1], members
 
     def failed(self, source: str, chunk: int = 1000) -> Iterator[list[dict[str, Any]]]:
         """Dead-lettered rows of a source, for `--retry-dead-letters`."""
