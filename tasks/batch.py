@@ -40,6 +40,7 @@ from tasks.validate import validate_metadata
 log = logging.getLogger("encord_ingest.batch")
 
 UNCHANGED = "unchanged since the last run"
+EMPTY = "empty object (0 bytes): nothing Encord could show"
 CONTENT_KEPT = "content changed at the source; kept the existing Encord item (--on-content-change reimport)"
 
 
@@ -204,6 +205,9 @@ class _Batch:
                     self.report.staged += 1
                     continue
                 self.skip(w, UNCHANGED, record=False)
+                continue
+            if entry.obj.size == 0:
+                self.skip(w, EMPTY)
                 continue
             if row is not None and row.state == State.REGISTERED and row.etag != entry.obj.etag:
                 w.content_changed = True

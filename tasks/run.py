@@ -57,7 +57,11 @@ class IngestParams(BaseModel):
     fanout: int = Field(default=1, ge=1, le=64, description="parallel listers over top-level prefixes")
     io_workers: int = Field(default=16, ge=1, le=256, description="threads for per-object reads")
     item_retries: int = Field(default=3, ge=0, le=20)
-    item_retry_wait: float = Field(default=1.0, ge=0)
+    item_retry_wait: float = Field(
+        default_factory=lambda: float(os.environ.get("ENCORD_INGEST_ITEM_RETRY_WAIT") or 1.0),
+        ge=0,
+        description="seconds before the first re-submission of failed items (doubles, with jitter)",
+    )
     sidecar_suffix: str = DEFAULT_SIDECAR_SUFFIX
     account: str = Field(default="", description="Azure storage account for az:// sources")
     ledger: str = Field(default=DEFAULT_LEDGER, description="SQLite path or postgresql:// URL")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
+from prefect.states import Failed
 
+from encord_ingest.errors import AbortError
 from encord_ingest.models import Entry
 from tasks.batch import BatchReport, RunContext
 from tasks.groups import Group
@@ -17,9 +20,12 @@ from tasks.run import guarded_batch, guarded_group_batch
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-def ingest_batch(ctx: RunContext, number: int, entries: list[Entry], label: str) -> BatchReport:
+def ingest_batch(ctx: RunContext, number: int, entries: list[Entry], label: str) -> BatchReport | State:
     """Retries live inside (per API call and per item), so a task retry would only repeat work."""
-    return guarded_batch(ctx, number, entries)
+    try:
+        return guarded_batch(ctx, number, entries)
+    except AbortError as exc:  # a Failed state carries it to the flow without a logged traceback
+        return Failed(message=str(exc), data=exc)
 
 
 @task(
@@ -28,6 +34,9 @@ def ingest_batch(ctx: RunContext, number: int, entries: list[Entry], label: str)
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-def ingest_group_batch(ctx: RunContext, number: int, groups: list[Group], label: str) -> BatchReport:
+def ingest_group_batch(ctx: RunContext, number: int, groups: list[Group], label: str) -> BatchReport | State:
     """DICOM series and image groups, registered once all their files were listed."""
-    return guarded_group_batch(ctx, number, groups)
+    try:
+        return guarded_group_batch(ctx, number, groups)
+    except AbortError as exc:
+        return Failed(message=str(exc), data=exc)

@@ -14,7 +14,9 @@ from typing import Any
 import boto3
 import pytest
 import requests
+from botocore.config import Config
 
+from integrations import servers
 from integrations.servers import KeyPair, Proc, aws_env, make_keypair, start_emulator, start_moto
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -48,6 +50,7 @@ def s3(aws: dict[str, str]) -> Any:
         region_name="us-east-1",
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
+        config=Config(max_pool_connections=32),
     )
 
 
@@ -73,8 +76,12 @@ class Emulator:
 
 
 @pytest.fixture(scope="session")
-def emulator_session(aws: dict[str, str], keys: KeyPair) -> Iterator[Emulator]:
-    proc = start_emulator(aws, "--authorized-key", str(keys.public), "--fault-timeout-seconds", "3")
+def emulator_session(
+    aws: dict[str, str], gcp: dict[str, str], azure: dict[str, str], keys: KeyPair
+) -> Iterator[Emulator]:
+    """Started with every cloud's environment: it checks object existence through the same variables."""
+    env = {**aws, **gcp, **azure}
+    proc = start_emulator(env, "--authorized-key", str(keys.public), "--fault-timeout-seconds", "3")
     try:
         yield Emulator(proc)
     finally:
@@ -130,20 +137,261 @@ class Cli:
         return CliResult(done.returncode, done.stdout, done.stderr)
 
 
-@pytest.fixture
-def cli(tmp_path: Path, aws: dict[str, str], emulator: Emulator, keys: KeyPair, prefect_api: str) -> Cli:
-    env = {
+def cli_env(aws: dict[str, str], keys: KeyPair, domain: str, prefect_api: str, home: Path) -> dict[str, str]:
+    """What a user exports: cloud credentials, the Encord key and domain, Prefect; short test timeouts."""
+    return {
         **aws,
         "ENCORD_SSH_KEY_FILE": str(keys.private),
-        "ENCORD_DOMAIN": emulator.url,
+        "ENCORD_DOMAIN": domain,
         "PREFECT_API_URL": prefect_api,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_HOME": str(home / "prefect-home"),
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "ENCORD_INGEST_RETRY_WAIT": "0.05",
         "ENCORD_INGEST_RETRY_MAX_WAIT": "1",
         "ENCORD_INGEST_RETRY_ATTEMPTS": "12",
+        "ENCORD_INGEST_ITEM_RETRY_WAIT": "0.1",
         "ENCORD_INGEST_HTTP_TIMEOUT": "2",
         "ENCORD_INGEST_POLL_SECONDS": "2",
     }
-    return Cli(env=env, cwd=tmp_path)
+
+
+@pytest.fixture
+def cli(tmp_path: Path, aws: dict[str, str], emulator: Emulator, keys: KeyPair, prefect_api: str) -> Cli:
+    return Cli(env=cli_env(aws, keys, emulator.url, prefect_api, tmp_path), cwd=tmp_path)
+
+
+# -- GCS (fake-gcs-server) and Azure Blob (Azurite) ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def fake_gcs() -> Iterator[Proc]:
+    proc = servers.start_fake_gcs()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def gcp(fake_gcs: Proc) -> dict[str, str]:
+    """STORAGE_EMULATOR_HOST for subprocesses; the tests' own clients are built explicitly (see `gcs`)."""
+    return servers.gcs_env(fake_gcs.url)
+
+
+@pytest.fixture(scope="session")
+def gcs(gcp: dict[str, str]) -> Any:
+    """A google-cloud-storage client on fake-gcs-server, without touching os.environ."""
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(
+        project="test-project",
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=gcp["STORAGE_EMULATOR_HOST"]),
+    )
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Proc]:
+    proc = servers.start_azurite()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def azure(azurite: Proc) -> dict[str, str]:
+    """AZURE_STORAGE_CONNECTION_STRING for Azurite's well-known development account."""
+    return servers.azure_env(azurite.url)
+
+
+@pytest.fixture(scope="session")
+def azblob(azure: dict[str, str]) -> Any:
+    """A BlobServiceClient on Azurite."""
+    from azure.storage.blob import BlobServiceClient
+
+    return BlobServiceClient.from_connection_string(azure["AZURE_STORAGE_CONNECTION_STRING"])
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the machine's PostgreSQL (127.0.0.1:5432, user postgres), dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    name = f"encord_ingest_test_{uuid.uuid4().hex[:10]}"
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- Prefect deployments on a real server (test_dashboard, test_deployments) --------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+STACK_SEED = {  # key -> body; sidecars are JSON beside their object
+    "data/a.jpg": b"\xff\xd8a",
+    "data/a.jpg.json": b'{"site": "north"}',
+    "data/b.png": b"\x89PNGb",
+    "data/c.jpg": b"\xff\xd8c",
+}
+
+
+@dataclass
+class PrefectStack:
+    """`prefect server` + process pool + deployments/prefect.yaml deployed + `prefect worker start`."""
+
+    server: Proc
+    worker: Proc
+    env: dict[str, str]
+    bucket: str
+    folder: str
+
+    @property
+    def api(self) -> str:
+        return f"{self.server.url}/api"
+
+    def get(self, path: str) -> Any:
+        res = requests.get(f"{self.api}{path}", timeout=30)
+        res.raise_for_status()
+        return res.json()
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        res = requests.post(f"{self.api}{path}", json=body, timeout=30)
+        res.raise_for_status()
+        return res.json() if res.content else None
+
+    def deployment(self, flow_name: str) -> dict[str, Any]:
+        return self.get(f"/deployments/name/{flow_name}/{self.bucket}")
+
+    def flow_runs(self, deployment_id: str) -> list[dict[str, Any]]:
+        return self.post(
+            "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}}, "sort": "START_TIME_ASC"}
+        )
+
+    def wait_for_run(self, deployment_id: str, timeout: float, done: int = 1) -> list[dict[str, Any]]:
+        """Until `done` runs of the deployment are final; fails early when one ends badly."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            runs = self.flow_runs(deployment_id)
+            final = [r for r in runs if r["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")]
+            bad = [r for r in final if r["state_type"] != "COMPLETED"]
+            assert not bad, (
+                f"{bad[0]['name']}: {bad[0]['state_type']} {bad[0]['state']['message']}\n{self.worker.tail()}"
+            )
+            if len(final) >= done:
+                return final
+            assert time.monotonic() < deadline, (
+                f"no final run in {timeout}s: {[r['state_type'] for r in runs]}\n{self.worker.tail()}"
+            )
+            time.sleep(2)
+
+    def artifacts(self, flow_run_id: str) -> list[dict[str, Any]]:
+        return self.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
+
+    def task_runs(self, flow_run_id: str) -> list[dict[str, Any]]:
+        return self.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+
+
+def _run(cmd: list[str], env: dict[str, str], timeout: float = 300) -> None:
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(cmd[:4])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+
+
+def _start_worker(env: dict[str, str]) -> Proc:
+    """`prefect worker start` in its own process group, logging to a file (Proc.tail shows it)."""
+    import tempfile
+
+    tmp = tempfile.TemporaryDirectory(prefix="encord-ingest-worker-")
+    log = Path(tmp.name) / "worker.log"
+    prefect = str(Path(sys.executable).parent / "prefect")
+    with log.open("w") as out:
+        popen = subprocess.Popen(
+            [prefect, "worker", "start", "--pool", "encord-ingest", "--limit", "2"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+    return Proc(popen, "", Path(tmp.name), log, tmp)
+
+
+def _stop_worker(worker: Proc) -> None:
+    """SIGINT first, before the server stops: a worker that lost its server ignores SIGTERM."""
+    import signal
+
+    if worker.popen.poll() is None:
+        try:
+            os.killpg(worker.popen.pid, signal.SIGINT)
+            worker.popen.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    worker.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_stack(
+    tmp_path_factory: pytest.TempPathFactory, aws: dict[str, str], emulator_session: Emulator, keys: KeyPair, s3: Any
+) -> Iterator[PrefectStack]:
+    import uuid
+
+    bucket = f"deployed-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    for key, body in STACK_SEED.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    home = tmp_path_factory.mktemp("stack-prefect")
+    schema = home / "schema.yaml"
+    schema.write_text("keys:\n  site: {type: enum, values: [north, south]}\n")
+    server = servers.start_prefect_server(home / "server")
+    worker: Proc | None = None
+    try:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ENCORD_"))},
+            **aws,
+            "PWD": str(REPO),
+            "PREFECT_API_URL": f"{server.url}/api",
+            "PREFECT_HOME": str(home / "client"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "PREFECT_WORKER_QUERY_SECONDS": "3",
+            "PREFECT_LOGGING_LEVEL": "INFO",
+            "ENCORD_DOMAIN": emulator_session.url,  # the key comes from the Secret block, not the env
+            "ENCORD_INGEST_POLL_SECONDS": "2",
+            "ENCORD_INGEST_RETRY_WAIT": "0.05",
+            "ENCORD_INGEST_SCHEME": "s3",
+            "ENCORD_INGEST_BUCKET": bucket,
+            "ENCORD_INGEST_PREFIX": "data/",
+            "ENCORD_INGEST_FOLDER": f"folder-{bucket}",
+            "ENCORD_INGEST_INTEGRATION": "local-aws",
+            "ENCORD_INGEST_CRON": "* * * * *",
+            "ENCORD_INGEST_STATE_DIR": str(home / "state"),
+            "ENCORD_INGEST_SCHEMA": str(schema),
+        }
+        python = str(Path(sys.executable))
+        _run([python, "deployments/bootstrap.py", "--encord-key-file", str(keys.private)], env)
+        prefect = str(Path(sys.executable).parent / "prefect")
+        _run([prefect, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
+        worker = _start_worker(env)
+        yield PrefectStack(server, worker, env, bucket, env["ENCORD_INGEST_FOLDER"])
+    finally:
+        if worker is not None:
+            _stop_worker(worker)
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def scheduled_run(prefect_stack: PrefectStack) -> dict[str, Any]:
+    """The first cron run, completed; the schedule is then paused so nothing else lists the bucket."""
+    deployment = prefect_stack.deployment("encord-ingest")
+    try:
+        run = prefect_stack.wait_for_run(deployment["id"], timeout=200)[0]
+    finally:
+        requests.patch(f"{prefect_stack.api}/deployments/{deployment['id']}", json={"paused": True}, timeout=30)
+    return run

@@ -28,6 +28,11 @@ class Source:
     store: ObjectStore
     prefix: str
 
+    @property
+    def id(self) -> str:
+        """The source as the ledger keys it: scheme://bucket/prefix, however the user spelled it."""
+        return self.store.url_for(self.prefix)
+
     def relative(self, key: str) -> str:
         return key[len(self.prefix) :] if key.startswith(self.prefix) else key
 
@@ -60,6 +65,12 @@ def open_source(url: str, *, account: str = "") -> Source:
         from integrations.storage.s3 import S3Store
 
         store = S3Store(spec.bucket)
+    elif spec.scheme == "gs":
+        from integrations.storage.gcs import GCSStore
+
+        store = GCSStore(spec.bucket)
     else:
-        raise UsageError(f"{spec.scheme}:// sources are not supported yet (S3 and local folders are)")
+        from integrations.storage.azure import AzureStore
+
+        store = AzureStore(spec.bucket, account=spec.account)
     return Source(url=url, store=store, prefix=spec.prefix)

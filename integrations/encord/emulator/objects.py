@@ -50,10 +50,11 @@ def parse_url(url: str) -> ObjectRef:
     parsed = urlparse(url)
     scheme = parsed.scheme.lower()
     if scheme in ("s3", "gs"):
-        key = parsed.path.lstrip("/")
-        if not parsed.netloc or not key:
+        # Bucket URLs carry the raw key: '?' and '#' are key characters here, not a query or fragment.
+        bucket, _, key = url.partition("://")[2].partition("/")
+        if not bucket or not key:
             raise UnsupportedUrl(f"unsupported URL: {url} (no bucket or key)")
-        return ObjectRef("s3" if scheme == "s3" else "gcs", parsed.netloc, key)
+        return ObjectRef("s3" if scheme == "s3" else "gcs", bucket, key)
     if scheme == "file":
         path = unquote(parsed.path)
         if not path.startswith("/"):

@@ -1,0 +1,214 @@
+"""Azure Blob Storage (and Azurite via its connection string) through azure-storage-blob.
+
+Encord is given `https://ACCOUNT.blob.core.windows.net/CONTAINER/KEY`; the account part comes from the
+container client's own URL, so Azurite's path-style endpoint works the same way, and a SAS never leaks into it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
+
+from encord_ingest.errors import AbortError, ConfigError, CredentialsError, SourceNotFoundError
+from encord_ingest.models import ObjectRef
+from integrations.storage.base import ObjectInfo
+
+CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+_POOL = 32  # above the default 16 I/O threads, so urllib3 never discards connections
+_CONTAINER_MISSING = {"ContainerNotFound", "ContainerBeingDeleted"}
+_ACCOUNT_NAME = re.compile(r"[a-z0-9]{3,24}")
+
+
+def connection_string_account(conn: str) -> str:
+    """AccountName from a connection string (empty when it has none, e.g. a SAS-only string)."""
+    for part in conn.split(";"):
+        name, _, value = part.partition("=")
+        if name.strip().lower() == "accountname":
+            return value.strip()
+    return ""
+
+
+def _transport() -> Any:
+    """A requests transport whose pool fits our thread count; retries stay with the Azure pipeline."""
+    import requests
+    from azure.core.pipeline.transport import RequestsTransport
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    session = requests.Session()
+    adapter = HTTPAdapter(
+        pool_connections=_POOL,
+        pool_maxsize=_POOL,
+        max_retries=Retry(total=False, redirect=False, raise_on_status=False),
+    )
+    for scheme in ("https://", "http://"):
+        session.mount(scheme, adapter)
+    return RequestsTransport(session=session, session_owner=True)
+
+
+def _credential(account: str) -> Any:
+    """Key or SAS from the environment, else azure-identity when it is installed (it is not a dependency)."""
+    if key := os.environ.get("AZURE_STORAGE_KEY"):
+        return {"account_name": account, "account_key": key}
+    if sas := os.environ.get("AZURE_STORAGE_SAS_TOKEN"):
+        return sas.lstrip("?")
+    try:
+        from azure.identity import DefaultAzureCredential  # type: ignore[import-not-found]
+    except ImportError:
+        raise ConfigError(
+            f"no credentials for Azure storage account {account!r}: set AZURE_STORAGE_CONNECTION_STRING, "
+            "or AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN, or install azure-identity"
+        ) from None
+    return DefaultAzureCredential()
+
+
+def container_client(container: str, account: str = "") -> Any:
+    """The ContainerClient for `container`: connection string first (the standard), else `--account`."""
+    from azure.storage.blob import ContainerClient
+
+    conn = os.environ.get(CONNECTION_STRING_ENV, "")
+    if conn:
+        named = connection_string_account(conn)
+        if account and named and account != named:
+            raise ConfigError(f"--account {account} does not match the account in {CONNECTION_STRING_ENV} ({named})")
+        try:
+            return ContainerClient.from_connection_string(conn, container, transport=_transport())
+        except ValueError:
+            raise ConfigError(f"{CONNECTION_STRING_ENV} is malformed") from None  # never echo it: it holds the key
+    account = account or os.environ.get("AZURE_STORAGE_ACCOUNT", "")  # the az CLI's variable
+    if not account:
+        raise ConfigError(f"az:// sources need {CONNECTION_STRING_ENV} or --account NAME")
+    if not _ACCOUNT_NAME.fullmatch(account):
+        raise ConfigError(f"{account!r} is not an Azure storage account name (3-24 lowercase letters and digits)")
+    return ContainerClient(
+        f"https://{account}.blob.core.windows.net", container, credential=_credential(account), transport=_transport()
+    )
+
+
+def _ref(blob: Any) -> ObjectRef:
+    modified = blob.last_modified
+    return ObjectRef(
+        key=blob.name,
+        size=int(blob.size or 0),
+        etag=str(blob.etag or "").strip('"'),
+        version=str(blob.version_id or ""),
+        last_modified=modified.isoformat() if modified is not None else "",
+    )
+
+
+class AzureStore:
+    """One container. Azure SDK clients are thread-safe, so the worker threads share this one."""
+
+    scheme = "az"
+
+    def __init__(self, container: str, *, account: str = "", client: Any | None = None) -> None:
+        self.bucket = container
+        self.container = client or container_client(container, account)
+        parts = urlsplit(self.container.url)
+        self._base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))  # no SAS query
+
+    def _translate(self, exc: Exception, key: str | None) -> Exception:
+        """Map Azure errors to our hierarchy; `key` is None for container-level calls.
+
+        Messages carry the container, the key and Azure's error code, never the service's text or a URL
+        (either may hold a SAS token).
+        """
+        code = str(getattr(exc, "error_code", None) or "")
+        status = getattr(exc, "status_code", None)
+        if isinstance(exc, ResourceNotFoundError) or status == 404:
+            if key is not None and code not in _CONTAINER_MISSING:
+                return FileNotFoundError(f"{self.url_for(key)} does not exist")
+            return SourceNotFoundError(f"Azure container {self.bucket!r} does not exist")
+        if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
+            return CredentialsError(
+                f"Azure rejected the credentials for container {self.bucket!r} ({code or type(exc).__name__})"
+            )
+        if isinstance(exc, HttpResponseError):
+            return AbortError(f"Azure error on {self.bucket!r}: {status} {code}".rstrip())
+        if isinstance(exc, AzureError):
+            return AbortError(f"Azure unreachable for container {self.bucket!r}: {type(exc).__name__}")
+        return exc
+
+    def list_pages(self, prefix: str, *, page_size: int = 1000) -> Iterator[list[ObjectRef]]:
+        pages = self.container.list_blobs(name_starts_with=prefix or None, results_per_page=page_size).by_page()
+        try:
+            for page in pages:
+                refs = [_ref(b) for b in page]
+                if refs:
+                    yield refs
+        except AzureError as exc:
+            raise self._translate(exc, None) from None
+
+    def list_level(self, prefix: str) -> Iterator[tuple[list[str], list[ObjectRef]]]:
+        from azure.storage.blob import BlobPrefix
+
+        pages = self.container.walk_blobs(name_starts_with=prefix or None, delimiter="/").by_page()
+        try:
+            for page in pages:
+                prefixes: list[str] = []
+                objects: list[ObjectRef] = []
+                for item in page:
+                    if isinstance(item, BlobPrefix):
+                        prefixes.append(item.name)
+                    else:
+                        objects.append(_ref(item))
+                yield prefixes, objects
+        except AzureError as exc:
+            raise self._translate(exc, None) from None
+
+    def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        if max_bytes is not None:
+            return self.read_range(key, 0, max_bytes)
+        try:
+            return bytes(self.container.get_blob_client(key).download_blob().readall())
+        except AzureError as exc:
+            raise self._translate(exc, key) from None
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        blob = self.container.get_blob_client(key)
+        try:
+            return bytes(blob.download_blob(offset=start, length=length).readall())
+        except HttpResponseError as exc:
+            if exc.status_code == 416:
+                return b""  # a range on an empty blob is a 416, not an empty body
+            raise self._translate(exc, key) from None
+        except AzureError as exc:
+            raise self._translate(exc, key) from None
+
+    def head(self, key: str) -> ObjectInfo:
+        """Blob metadata merged with its index tags (tags win); the tags call only when the blob has tags."""
+        blob = self.container.get_blob_client(key)
+        try:
+            props = blob.get_blob_properties()
+            metadata = dict(props.metadata or {})
+            if props.tag_count:
+                metadata.update(blob.get_blob_tags())
+        except AzureError as exc:
+            raise self._translate(exc, key) from None
+        return ObjectInfo(content_type=props.content_settings.content_type or "", metadata=metadata)
+
+    def download_to(self, key: str, path: Path) -> None:
+        try:
+            with path.open("wb") as fh:
+                self.container.get_blob_client(key).download_blob().readinto(fh)
+        except AzureError as exc:
+            path.unlink(missing_ok=True)
+            raise self._translate(exc, key) from None
+
+    def url_for(self, key: str) -> str:
+        return f"{self._base}/{quote(key, safe='/')}"
+
+    def check_access(self, prefix: str) -> None:
+        try:
+            pages = self.container.list_blobs(name_starts_with=prefix or None, results_per_page=1).by_page()
+            list(next(pages, []))
+        except AzureError as exc:
+            raise self._translate(exc, None) from None
