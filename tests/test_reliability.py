@@ -102,7 +102,7 @@ def test_encord_faults_of_every_kind_and_item_errors_are_survived(cli: Any, emul
 def test_upload_jobs_stuck_pending_stop_resumably_and_are_reconciled(
     cli: Any, aws: dict[str, str], keys: Any, s3: Any, tmp_path: Path
 ) -> None:
-    slow = start_emulator(aws, "--authorized-key", str(keys.public), "--job-delay-seconds", "6")
+    slow = start_emulator(aws, "--authorized-key", str(keys.public), "--job-delay-seconds", "15")
     try:
         bucket = f"stuck-{uuid.uuid4().hex[:8]}"
         objects = seed(s3, bucket, 12)

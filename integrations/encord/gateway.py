@@ -223,10 +223,12 @@ class EncordGateway:
         """Poll until the job ends; long-polls of `poll_seconds` keep each request short."""
         deadline = time.monotonic() + self.settings.job_timeout
         job = UUID(job_id)
+        # the server holds a long-poll up to `poll` seconds: keep that under the HTTP read timeout
+        poll = max(1, min(self.settings.poll_seconds, int(self.settings.read_timeout) - 1))
         while True:
             state = self.call(
                 "poll an upload job",
-                lambda: folder.add_private_data_to_folder_get_result(job, timeout_seconds=self.settings.poll_seconds),
+                lambda: folder.add_private_data_to_folder_get_result(job, timeout_seconds=poll),
             )
             if state.status != LongPollingStatus.PENDING:
                 break
