@@ -32,6 +32,13 @@ MetadataOpt = Annotated[
 ]
 SchemaOpt = Annotated[str | None, typer.Option("--schema", help="metadata schema YAML")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the run summary as one JSON object on stdout")]
+GroupByOpt = Annotated[
+    str, typer.Option(help="regex with a named group; images with the same value become one image group")
+]
+GroupAsOpt = Annotated[str, typer.Option("--as", help="image-group or image-sequence (for --group-by)")]
+Dicom3dOpt = Annotated[
+    str, typer.Option(help="spatial DICOM tags required: auto (multi-slice series), require, ignore")
+]
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -60,12 +67,14 @@ def _precheck(params: Any) -> None:
     from integrations.storage import parse_source
     from tasks.filters import KeyFilter
     from tasks.metadata import parse_spec
+    from tasks.run import compile_group_regex
     from tasks.schema import load_schema
 
     parse_source(params.source, account=params.account)
     KeyFilter.build(params.include, params.exclude)
     for i, spec in enumerate(params.metadata):
         parse_spec(spec, i)
+    compile_group_regex(params.group_by)
     if params.schema_file:
         load_schema(params.schema_file)
 
@@ -99,6 +108,16 @@ def ingest(
     sidecar_suffix: Annotated[str, typer.Option(help="suffix of sidecar files")] = ".metadata.json",
     item_retries: Annotated[int, typer.Option(help="re-submissions of an item that failed transiently")] = 3,
     active_project: Annotated[list[str], typer.Option("--active-project", help="Active project to re-sync")] = [],  # noqa: B006
+    on_content_change: Annotated[
+        str, typer.Option(help="object content changed: 'skip' keeps the Encord item, 'reimport' adds a new one")
+    ] = "skip",
+    flag_deleted: Annotated[
+        str, typer.Option(help="set this clientMetadata key to true on items whose object left the source")
+    ] = "",
+    report_deleted: Annotated[bool, typer.Option(help="report objects gone from the source since the last run")] = True,
+    group_by: GroupByOpt = "",
+    group_as: GroupAsOpt = "image-group",
+    dicom_3d: Dicom3dOpt = "auto",
     as_json: JsonOpt = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -121,6 +140,12 @@ def ingest(
         sidecar_suffix=sidecar_suffix,
         item_retries=item_retries,
         active_projects=active_project,
+        on_content_change=on_content_change,
+        flag_deleted=flag_deleted,
+        report_deleted=report_deleted,
+        group_by=group_by,
+        group_as=group_as,
+        dicom_3d=dicom_3d,
     )
     _precheck(params)
     from flows.ingest import ingest as ingest_flow
@@ -145,6 +170,9 @@ def manifest(
     batch_bytes: Annotated[int, typer.Option(help="max bytes per manifest")] = 4 * 1024 * 1024,
     account: Annotated[str, typer.Option(help="Azure storage account (az:// sources)")] = "",
     sidecar_suffix: Annotated[str, typer.Option(help="suffix of sidecar files")] = ".metadata.json",
+    group_by: GroupByOpt = "",
+    group_as: GroupAsOpt = "image-group",
+    dicom_3d: Dicom3dOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """List + metadata + validation, writing Encord JSON manifests; contacts no Encord."""
@@ -161,6 +189,9 @@ def manifest(
         batch_bytes=batch_bytes,
         account=account,
         sidecar_suffix=sidecar_suffix,
+        group_by=group_by,
+        group_as=group_as,
+        dicom_3d=dicom_3d,
     )
     _precheck(params)
     summary = write_manifests(params, out_dir)
@@ -180,6 +211,90 @@ def schema_check(file: Annotated[Path, typer.Argument(help="schema YAML")]) -> N
     for key, spec in parsed.keys.items():
         table.add_row(key, spec.describe())
     out.print(table)
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+@schema_app.command("verify")
+def schema_verify(
+    file: Annotated[Path, typer.Argument(help="schema YAML")],
+    run: Annotated[
+        str | None, typer.Option("--run", help="also check what an ingest run sent: its run id, or 'latest'")
+    ] = None,
+    observed: Annotated[
+        Path | None, typer.Option("--observed", help="observed-keys file of a run (<state-dir>/runs/ID.observed.json)")
+    ] = None,
+    state_dir: Annotated[str, typer.Option(help="state directory of the ingest runs")] = ".encord-ingest",
+    as_json: Annotated[bool, typer.Option("--json", help="print the diff as one JSON object")] = False,
+) -> None:
+    """Compare the workspace's metadata schema with FILE (and a run's data). Exit 0 consistent, 1 not."""
+    _setup_logging()
+    from integrations.encord.schema_api import gateway_from_env, verify_schema
+    from tasks.schema import load_schema
+    from tasks.schema_sync import find_observed, read_observed, render_diff
+
+    if run is not None and observed is not None:
+        raise UsageError("give --run or --observed, not both")
+    parsed = load_schema(file)
+    data, label = None, "the run"
+    if run is not None or observed is not None:
+        path = observed if observed is not None else find_observed(state_dir, run or "latest")
+        data, run_id = read_observed(path)
+        label = f"run {run_id}" if run_id else str(path)
+    diff = verify_schema(gateway_from_env(), file=parsed, observed=data, file_label=str(file), data_label=label)
+    _write(json.dumps(diff.as_dict()) if as_json else render_diff(diff))
+    raise typer.Exit(0 if diff.consistent else 1)
+
+
+@schema_app.command("apply")
+def schema_apply(
+    file: Annotated[Path, typer.Argument(help="schema YAML")],
+    force: Annotated[
+        bool, typer.Option("--force", help="also make the changes Encord allows but that re-type keys")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan, write nothing")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the plan as one JSON object")] = False,
+) -> None:
+    """Write FILE to the workspace's metadata schema: only what differs, never deleting a key."""
+    _setup_logging()
+    from integrations.encord.schema_api import apply_schema, gateway_from_env
+    from tasks.schema import load_schema
+    from tasks.schema_sync import render_plan
+
+    plan = apply_schema(gateway_from_env(), load_schema(file), force=force, dry_run=dry_run)
+    written = bool(plan.changes) and not plan.conflicts and not dry_run
+    _write(json.dumps({"written": written, **plan.as_dict()}) if as_json else render_plan(plan, written=written))
+    plan.raise_for_conflicts()
+
+
+@app.command()
+def resync(
+    active_project: Annotated[
+        list[str], typer.Option("--active-project", help="Active project hash (repeatable)")
+    ] = [],  # noqa: B006 - typer reads defaults
+    timeout: Annotated[
+        float | None, typer.Option(help="seconds, for all projects together, to keep retrying until Encord accepts")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the outcome as one JSON object")] = False,
+) -> None:
+    """Re-sync Active project(s) now. Waits only until Encord accepts: the API reports no completion."""
+    _setup_logging()
+    from integrations.encord.active import resync as resync_projects
+
+    if not active_project:
+        raise UsageError("give the project(s) to re-sync: --active-project PROJECT_HASH (repeatable)")
+    if timeout is not None and timeout <= 0:
+        raise UsageError("--timeout must be more than 0 seconds")
+    report = resync_projects(active_project, timeout=timeout)
+    if as_json:
+        _write(json.dumps(report.as_dict()))
+    else:
+        for o in report.outcomes:
+            _write(f"{o.project}: {'accepted' if o.accepted else 'NOT accepted: ' + o.error}")
+    report.raise_for_failures()
 
 
 @app.command()
@@ -250,6 +365,20 @@ def demo(
     raise typer.Exit(run_demo(objects=objects, keep_running=keep_running))
 
 
+def _is_click_error(exc: Exception) -> bool:
+    """Usage errors from click, or from the copy of click that newer typer releases vendor."""
+    import click
+
+    kinds: list[type[Exception]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+
+        kinds.append(VendoredClickException)
+    except ImportError:
+        pass
+    return isinstance(exc, tuple(kinds))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: maps our errors to exit codes with a one-line reason."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -266,9 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         err.print("encord-ingest: interrupted; the ledger keeps what finished, re-run to continue", markup=False)
         return 130
     except Exception as exc:  # click usage errors and anything unexpected: one line, no traceback
-        import click
-
-        if isinstance(exc, click.ClickException):
+        if _is_click_error(exc):
             err.print(f"encord-ingest: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
             return 2
         if os.environ.get("ENCORD_INGEST_DEBUG"):

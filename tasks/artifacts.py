@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlparse
 from uuid import UUID
 
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+)
 from prefect.artifacts import update_progress_artifact as _update_progress
 
 from tasks.batch import BatchReport
@@ -58,9 +65,133 @@ def summary_markdown(
             reason = str(d.get("reason", "")).replace("|", "\\|")
             lines.append(f"| `{d.get('key')}` | {d.get('rule')} | {reason} |")
         lines.append("")
+    lines += downstream_markdown(s.downstream)
     lines.append(f"Run id: `{s.run_id}`")
     return "\n".join(lines)
 
 
 def publish_summary(markdown: str) -> None:
     create_markdown_artifact(markdown=markdown, key="ingest-summary", description="run summary")
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def verification_markdown(result: dict[str, Any], *, heading: str = "#") -> str:
+    """A verification diff (`Diff.as_dict()`) as markdown: verdict, what was compared, one row per finding."""
+    if result.get("status") not in ("passed", "failed"):
+        return f"{heading} Schema verification: {result.get('status', '?')}\n\n{_cell(result.get('reason', ''))}\n"
+    n = int(result.get("problems", 0))
+    verdict = (
+        "consistent" if result["status"] == "passed" else f"**not consistent**, {n} problem{'s' if n != 1 else ''}"
+    )
+    lines = [
+        f"{heading} Schema verification: {verdict}",
+        "",
+        "Compared " + " with ".join(result.get("compared", [])),
+        "",
+    ]
+    findings = result.get("findings", [])
+    if findings:
+        lines += ["| | key | where | finding |", "|---|---|---|---|"]
+        for f in findings[:200]:
+            mark = "FAIL" if f.get("problem") else "note"
+            lines.append(f"| {mark} | `{_cell(f.get('key'))}` | {f.get('source')} | {_cell(f.get('message'))} |")
+        if len(findings) > 200:
+            lines.append(f"| | | | ... {len(findings) - 200} more |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def publish_verification(result: dict[str, Any]) -> None:
+    create_markdown_artifact(
+        markdown=verification_markdown(result), key="schema-verification", description="schema verification diff"
+    )
+
+
+def downstream_markdown(downstream: dict[str, Any]) -> list[str]:
+    """The run summary's section on the downstream steps (verification, Active re-sync), if any ran."""
+    if not downstream:
+        return []
+    lines = ["## After the import", ""]
+    if downstream.get("observed_file"):
+        lines += [f"Observed metadata keys: `{downstream['observed_file']}`", ""]
+    if downstream.get("skipped"):
+        return [*lines, f"Schema verification and Active re-sync skipped: {_cell(downstream['skipped'])}", ""]
+    verification = downstream.get("verification")
+    if verification:
+        lines += [verification_markdown(verification, heading="###"), ""]
+    resync = downstream.get("resync") or {}
+    if resync.get("status") in ("accepted", "failed"):
+        lines += ["### Active re-sync", "", "| project | accepted | detail |", "|---|---|---|"]
+        for o in resync.get("projects", []):
+            lines.append(f"| `{o['project']}` | {'yes' if o['accepted'] else 'no'} | {_cell(o.get('error') or '')} |")
+        lines += ["", "Accepted means Encord took the request; the sync itself runs in Encord.", ""]
+    elif resync:
+        lines += [f"### Active re-sync: {resync.get('status')}", "", _cell(resync.get("reason", "")), ""]
+    return lines
+
+
+FOLDER_URL_ENV = "ENCORD_INGEST_FOLDER_URL"
+
+
+def folder_url(domain: str, folder_uuid: str) -> str:
+    """Where a person looks at the folder.
+
+    `ENCORD_INGEST_FOLDER_URL` (a template with `{app}`, `{domain}` and `{folder}`) wins. For Encord's
+    own API hosts (api.encord.com, api.us.encord.com) the default is the matching web app
+    (app.encord.com); Encord documents no stable deep link to a folder, so the link text names it.
+    Any other domain is taken to be the emulator, whose `/_emulator/state` lists the folder's items.
+    """
+    base = domain.rstrip("/")
+    host = urlparse(base).hostname or ""
+    app = f"https://{host.replace('api.', 'app.', 1)}" if host.startswith("api.") else base
+    template = os.environ.get(FOLDER_URL_ENV)
+    if template:
+        return template.format(app=app, domain=base, folder=folder_uuid)
+    if host == "encord.com" or host.endswith(".encord.com"):
+        return f"{app}/"
+    return f"{base}/_emulator/state?folder={folder_uuid}"
+
+
+def publish_folder_link(uploader: Any, folder_name: str) -> None:
+    """A link artifact to the Encord folder the run registers into (nothing for manifest-only runs)."""
+    folder = getattr(uploader, "folder", None)
+    gateway = getattr(uploader, "gateway", None)
+    settings = getattr(gateway, "settings", None)
+    if folder is None or settings is None:
+        return
+    uuid = str(folder.uuid)
+    create_link_artifact(
+        link=folder_url(settings.domain, uuid),
+        link_text=f"Encord folder {folder_name} ({uuid})",
+        key="encord-folder",
+        description="the Encord storage folder this run registers into",
+    )
+
+
+def keys_markdown(stats: Any, *, source: str, bucket: str) -> str:
+    """What an event-driven run did with the keys it was given (KeyedStats from tasks.keyed)."""
+    lines = [
+        f"# Event-driven ingest of {stats.requested:,} key(s) of `{bucket or source}`",
+        "",
+        "| asked | ingested | sidecars | outside source | filtered out | gone | orphan JSON |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {stats.requested:,} | {stats.listed - stats.orphans:,} | {stats.sidecars:,} | {stats.outside:,} "
+        f"| {stats.excluded:,} | {stats.missing:,} | {stats.orphans:,} |",
+        "",
+    ]
+    for title, keys in (
+        ("Not under the source prefix", stats.outside_keys),
+        ("Gone from the bucket", stats.missing_keys),
+        ("JSON files with no object", stats.orphan_keys),
+    ):
+        if keys:
+            lines += [f"## {title}", "", *(f"- `{_cell(k)}`" for k in keys), ""]
+    lines.append(f"Source: `{source}`")
+    return "\n".join(lines)
+
+
+def publish_keys(markdown: str) -> None:
+    create_markdown_artifact(markdown=markdown, key="ingest-keys", description="keys named by the event")

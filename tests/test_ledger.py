@@ -28,7 +28,9 @@ def test_rows_round_trip_and_seen_tracking(location: str) -> None:
     ledger = Ledger(location)
     try:
         assert ledger.version == SCHEMA_VERSION
-        ledger.record([row("s3://b/p/a", fingerprint="f1", data_hash="u1"), row("s3://b/p/b", State.FAILED)], run_id="r1")
+        ledger.record(
+            [row("s3://b/p/a", fingerprint="f1", data_hash="u1"), row("s3://b/p/b", State.FAILED)], run_id="r1"
+        )
         got = ledger.lookup(["s3://b/p/a", "s3://b/p/b", "s3://b/p/zzz"])
         assert set(got) == {"s3://b/p/a", "s3://b/p/b"}
         assert got["s3://b/p/a"].fingerprint == "f1" and got["s3://b/p/a"].data_hash == "u1"

@@ -1,0 +1,104 @@
+"""Planted secrets must appear nowhere: logs, stderr, dead letters, manifests, the ledger, Prefect."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from integrations.servers import make_keypair
+
+PLANTED_AWS = "PLANTED-aws-secret-7Qx2Lk9v"
+
+
+def _key_material(private_key: Path) -> list[str]:
+    """Distinctive pieces of the private key text (its base64 body lines)."""
+    lines = [ln.strip() for ln in private_key.read_text().splitlines() if ln and not ln.startswith("-----")]
+    return [ln for ln in lines if len(ln) >= 20]
+
+
+def _everything_written(root: Path, *, besides: tuple[Path, ...]) -> str:
+    """Every file a run left under `root` (the key files the test itself wrote excepted)."""
+    chunks = []
+    for path in root.rglob("*"):
+        if path.is_file() and "prefect-home" not in path.parts and path not in besides:
+            chunks.append(path.read_bytes().decode("utf-8", "replace"))
+    return "\n".join(chunks)
+
+
+def _prefect_records() -> str:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs()
+        artifacts = client.read_artifacts()
+    return "\n".join([*(log.message for log in logs), *(json.dumps(a.data, default=str) for a in artifacts)])
+
+
+def test_no_planted_secret_leaks_anywhere(cli: Any, emulator: Any, s3: Any, tmp_path: Path) -> None:
+    bucket = f"secrets-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="a.jpg", Body=b"x")
+    s3.put_object(Bucket=bucket, Key="a.jpg.json", Body=b'{"ok": 1}')
+    s3.put_object(Bucket=bucket, Key="b.jpg", Body=b"x")
+    s3.put_object(Bucket=bucket, Key="b.jpg.json", Body=b"{broken")
+    key_text = (Path(cli.env["ENCORD_SSH_KEY_FILE"])).read_text()
+    env = {"AWS_SECRET_ACCESS_KEY": PLANTED_AWS, "ENCORD_SSH_KEY": key_text, "ENCORD_SSH_KEY_FILE": ""}
+    outputs = []
+    emulator.faults(0.2, ["500", "429"])
+    runs = [
+        ("ingest", f"s3://{bucket}/", "--folder", "s", "--integration", "local-aws", "--metadata", "sidecar", "-v"),
+        ("ingest", f"s3://{bucket}/", "--folder", "s", "--integration", "no-such-integration"),
+        ("ingest", "s3://no-such-bucket-xyz/", "--folder", "s", "--integration", "local-aws"),
+        ("manifest", f"s3://{bucket}/", "--out", str(tmp_path / "manifests"), "--metadata", "sidecar"),
+    ]
+    for args in runs:
+        result = cli(*args, "--json", extra_env=env)
+        outputs += [result.stdout, result.stderr]
+    emulator.faults(0.0, [])
+    stranger = make_keypair(tmp_path, "stranger")
+    refused = cli(*runs[0], extra_env={**env, "ENCORD_SSH_KEY": stranger.private.read_text()})
+    assert refused.code == 3
+    outputs += [refused.stdout, refused.stderr]
+    secrets = [PLANTED_AWS, *_key_material(Path(cli.env["ENCORD_SSH_KEY_FILE"])), *_key_material(stranger.private)]
+    haystacks = {
+        "stdout/stderr": "\n".join(outputs),
+        "files (dead letters, manifests, ledger)": _everything_written(
+            tmp_path, besides=(stranger.private, stranger.public)
+        ),
+        "Prefect logs and artifacts": _prefect_records(),
+    }
+    assert list(tmp_path.rglob("*.jsonl")) and list(tmp_path.rglob("ledger.db")), "the runs wrote their files"
+    assert "sidecar.json" in haystacks["files (dead letters, manifests, ledger)"]
+    for where, text in haystacks.items():
+        for secret in secrets:
+            assert secret not in text, f"a planted secret leaked into {where}"
+
+
+def test_manifests_carry_plain_object_urls_never_signed_ones(cli: Any, s3: Any, tmp_path: Path) -> None:
+    bucket = f"urls-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    for key in ("plain.jpg", "with space.jpg", "ünïcode/ß.png", "q?mark#hash+plus.jpg"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    result = cli("manifest", f"s3://{bucket}/", "--out", str(tmp_path / "m"), "--json")
+    assert result.code == 0, result.stderr
+    manifest = json.loads((tmp_path / "m" / "manifest-00001.json").read_text())
+    urls = sorted(i["objectUrl"] for i in manifest["images"])
+    assert urls == sorted(
+        f"s3://{bucket}/{k}" for k in ("plain.jpg", "with space.jpg", "ünïcode/ß.png", "q?mark#hash+plus.jpg")
+    )
+    text = json.dumps(manifest)
+    for marker in ("X-Amz-Signature", "X-Amz-Credential", "sig=", "Signature="):
+        assert marker not in text
+
+
+def test_keys_that_need_encoding_register_end_to_end(cli: Any, emulator: Any, s3: Any) -> None:
+    bucket = f"odd-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    keys = ["with space.jpg", "ünïcode/ß.png", "q?mark#hash+plus.jpg", "a%20b.jpg", "deep/" * 20 + "x.jpg"]
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    result = cli("ingest", f"s3://{bucket}/", "--folder", "odd", "--integration", "local-aws", "--json")
+    assert result.code == 0, result.stderr[-2000:]
+    assert sorted(i["url"] for i in emulator.state()["items"]) == sorted(f"s3://{bucket}/{k}" for k in keys)
