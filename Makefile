@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench lint dashboard clean
+.PHONY: setup test demo bench lint dashboard clean browser
 
 setup: $(STAMP)
 
@@ -17,9 +17,13 @@ $(STAMP): pyproject.toml constraints.txt package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error   # Azurite (Azure Blob emulator), pinned by package-lock.json
 	touch $(STAMP)
 
-test: setup
+test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The dashboard test renders the Prefect UI in Debian's headless Chromium.
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 demo: setup
 	$(BIN)/encord-ingest demo $(DEMO_ARGS)

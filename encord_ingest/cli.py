@@ -75,6 +75,10 @@ def _precheck(params: Any) -> None:
     for i, spec in enumerate(params.metadata):
         parse_spec(spec, i)
     compile_group_regex(params.group_by)
+    if params.active_projects:
+        from integrations.encord.active import project_hashes
+
+        project_hashes(params.active_projects)  # a typo fails now, not after the import
     if params.schema_file:
         load_schema(params.schema_file)
 

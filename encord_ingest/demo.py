@@ -22,6 +22,7 @@ console = Console(stderr=True)
 DEMO_DIR = Path(".encord-ingest/demo")
 PREFECT_HOME = Path(".encord-ingest/prefect")
 BUCKET = "demo-camera-data"
+DEMO_PROJECT = "00000000-0000-4000-8000-00000000d3e0"  # an Active project the emulator accepts
 
 
 def _seed(endpoint: str, objects: int) -> int:
@@ -80,7 +81,12 @@ def run_demo(objects: int = 300, keep_running: bool = False) -> int:
         console.print(f"      {uploaded} objects uploaded; schema and camera table in {DEMO_DIR}/")
 
         from flows.ingest import ingest
+        from integrations.encord.schema_api import apply_schema, gateway_from_env
         from tasks.run import IngestParams
+        from tasks.schema import load_schema
+
+        plan = apply_schema(gateway_from_env(), load_schema(DEMO_DIR / "schema.yaml"))
+        console.print(f"      metadata schema applied to the workspace: {len(plan.changes)} change(s)")
 
         params = IngestParams(
             source=f"s3://{BUCKET}/",
@@ -90,6 +96,7 @@ def run_demo(objects: int = 300, keep_running: bool = False) -> int:
             schema_file=str(DEMO_DIR / "schema.yaml"),
             batch_size=100,
             ledger=str(DEMO_DIR / "ledger.db"),
+            active_projects=[DEMO_PROJECT],
         )
         console.print("[bold]3/5[/] running the ingest flow (one Prefect task per batch of 100) ...")
         started = time.monotonic()
@@ -106,6 +113,10 @@ def run_demo(objects: int = 300, keep_running: bool = False) -> int:
         encord = requests.get(f"{emulator.url}/_emulator/state", timeout=10).json()
         folders = ", ".join(f["name"] for f in encord["folders"])
         console.print(f"[bold]5/5[/] the emulator holds {len(encord['items'])} items in folder {folders}")
+        console.print(
+            f"      schema verification and Active re-sync ran after the first run: "
+            f"{len(encord['resyncs'])} re-sync(s) of project {DEMO_PROJECT}"
+        )
         console.print(f"      dead letters: {first.get('dead_letter')}", markup=False)
         if first.get("dead_letter"):
             for line in Path(first["dead_letter"]).read_text().splitlines()[:3]:

@@ -17,6 +17,7 @@ keys:
   score: number
   reviewed: boolean
   weather: {type: enum, values: [sunny, cloudy, rain, snow]}
+  uploaded-by: varchar
 """
 
 

@@ -67,7 +67,8 @@ def skip_reason(summary: RunSummary, limit: float) -> str | None:
     return None
 
 
-@task(name="verify-schema", cache_policy=NO_CACHE, persist_result=False)
+@task(name="verify-schema", task_run_name="verify the metadata schema ({data_label})", cache_policy=NO_CACHE,
+      persist_result=False)  # fmt: skip
 def verify_schema(schema_file: str | None, observed: Observed | None, data_label: str) -> dict[str, Any]:
     """Workspace schema vs the schema file and the data sent; the diff becomes the `schema-verification` artifact."""
     file = load_schema(schema_file) if schema_file else None
@@ -83,7 +84,8 @@ def verify_schema(schema_file: str | None, observed: Observed | None, data_label
     return result
 
 
-@task(name="active-resync", cache_policy=NO_CACHE, persist_result=False)
+@task(name="active-resync", task_run_name="re-sync Active project(s) {project_hashes}", cache_policy=NO_CACHE,
+      persist_result=False)  # fmt: skip
 def active_resync(project_hashes: list[str], timeout: float | None) -> dict[str, Any]:
     """One accepted-or-not per project; see `integrations.encord.active.resync` for what 'accepted' means."""
     return resync(project_hashes, timeout=timeout).as_dict()
@@ -124,6 +126,9 @@ def after_ingest(params: IngestParams, summary: RunSummary) -> dict[str, Any]:
     except ConfigError as exc:
         out["skipped"] = str(exc)
         return out
+    if not summary.registered and not summary.updated:
+        out["skipped"] = "nothing was registered or updated: no schema verification or re-sync needed"
+        return out
     reason = skip_reason(summary, limit)
     if reason is not None:
         log.warning("downstream steps skipped: %s", reason)
@@ -155,8 +160,6 @@ def _resync_step(
             "reason": "schema verification did not pass; after fixing the schema run "
             f"`encord-ingest resync {' '.join('--active-project ' + h for h in params.active_projects)}`",
         }
-    if not summary.registered and not summary.updated:
-        return {"status": "skipped", "reason": "the run registered and updated nothing"}
     result = _guarded("Active re-sync", active_resync, list(params.active_projects), timeout)
     if result.get("status") != "accepted":
         log.warning("Active re-sync: %s", result.get("reason") or result)

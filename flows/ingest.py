@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prefect import flow
@@ -13,12 +14,15 @@ from prefect.utilities.annotations import quote
 
 from encord_ingest.errors import IngestError
 from encord_ingest.models import Entry
+from flows.credentials import load_secret_env
 from flows.downstream import after_ingest
 from integrations.encord.gateway import connect
 from tasks import artifacts
-from tasks.batch import BatchReport
-from tasks.run import IngestParams, RunSummary, drive, open_context, require
-from tasks.wrappers import ingest_batch
+from tasks.batch import BatchReport, RunContext
+from tasks.groups import Group
+from tasks.listing import ListingStats
+from tasks.run import IngestParams, RunSummary, detect_deleted, drive, open_context, require
+from tasks.wrappers import ingest_batch, ingest_group_batch
 
 log = logging.getLogger("encord_ingest.flow")
 
@@ -29,8 +33,19 @@ def _run_name() -> str:
     return f"ingest {source}"
 
 
-def run_ingest(params: IngestParams, run_id: str) -> RunSummary:
-    """The flow body, separate so errors can become a Failed state without a traceback."""
+def run_ingest(
+    params: IngestParams,
+    run_id: str,
+    *,
+    batches: Callable[[RunContext], Iterable[list[Entry]]] | None = None,
+    stats: ListingStats | None = None,
+    label: str | None = None,
+) -> RunSummary:
+    """The flow body, separate so errors can become a Failed state without a traceback.
+
+    `batches` (with the `stats` it fills) replaces the listing, e.g. the keys an event named;
+    such a run saw only part of the source, so it never marks unseen objects as deleted.
+    """
     require(params, "folder", "integration")
     reports: list[BatchReport] = []
 
@@ -43,12 +58,17 @@ def run_ingest(params: IngestParams, run_id: str) -> RunSummary:
         params, run_id=run_id, uploader_factory=lambda: connect(params.folder, params.integration), use_ledger=True
     ) as ctx:
         assert ctx.ledger is not None
-        ctx.ledger.start_run(run_id, params.source, params.folder)
+        ctx.ledger.start_run(run_id, ctx.source.id, params.folder)
         progress_id = artifacts.start_progress()
-        label = params.source
+        artifacts.publish_folder_link(ctx.uploader, params.folder)
+        label = label or params.source
+        explicit = batches(ctx) if batches is not None else None
 
         def submit(number: int, entries: list[Entry]) -> PrefectFuture[BatchReport]:
             return ingest_batch.submit(quote(ctx), number, quote(entries), label)
+
+        def submit_groups(number: int, groups: list[Group]) -> PrefectFuture[BatchReport]:
+            return ingest_group_batch.submit(quote(ctx), number, quote(groups), label)
 
         def wait_first(handles: list[Any]) -> Any:
             return next(as_completed(handles))
@@ -56,9 +76,21 @@ def run_ingest(params: IngestParams, run_id: str) -> RunSummary:
         status = "failed"
         summary = RunSummary(run_id=run_id)
         try:
-            summary = drive(ctx, params, submit=submit, wait_first=wait_first, on_report=on_report)
+            summary = drive(
+                ctx,
+                params,
+                submit=submit,
+                wait_first=wait_first,
+                on_report=on_report,
+                batches=explicit,
+                stats=stats,
+                submit_groups=submit_groups,
+            )
+            deleted = detect_deleted(ctx, params, summary) if explicit is None else []
             status = "completed" if summary.failed == 0 else "completed-with-dead-letters"
             summary.downstream = after_ingest(params, summary)
+            if deleted:
+                summary.downstream.setdefault("deleted_sample", deleted)
         finally:
             ctx.ledger.finish_run(run_id, status, summary.public())
             artifacts.update_progress(progress_id, len(reports), max(len(reports), 1), summary.listed, True)
@@ -72,10 +104,17 @@ def run_ingest(params: IngestParams, run_id: str) -> RunSummary:
 
 
 @flow(name="encord-ingest", flow_run_name=_run_name, log_prints=True)
-def ingest(params: IngestParams) -> Any:
-    """Register SOURCE into an Encord folder; re-runs import only what is new or changed."""
+def ingest(params: IngestParams, encord_key_block: str | None = None, secret_env: dict[str, str] | None = None) -> Any:
+    """Register SOURCE into an Encord folder; re-runs import only what is new or changed.
+
+    Args:
+        params: the source, the Encord folder and integration, filters, metadata and batching.
+        encord_key_block: Prefect Secret block holding the Encord SSH private key (sets ENCORD_SSH_KEY).
+        secret_env: environment variable -> Secret block name, for AWS_SECRET_ACCESS_KEY and the like.
+    """
     run_id = str(flow_run.id or "local")
     try:
+        load_secret_env(encord_key_block, secret_env)
         return run_ingest(params, run_id).public()
     except IngestError as exc:
         log.error("%s", exc)

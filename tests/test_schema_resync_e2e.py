@@ -118,7 +118,7 @@ def test_ingest_resyncs_only_after_passing_verification_with_something_registere
     again = ingest(cli, good, "--schema", str(schema), "--active-project", PROJECT)
     assert again.code == 0 and again.json()["registered"] == 0
     assert len(emulator.state()["resyncs"]) == 2, "a run that registered nothing does not re-sync"
-    assert "registered and updated nothing" in artifact("ingest-summary", again.json()["run_id"])
+    assert "nothing was registered or updated" in artifact("ingest-summary", again.json()["run_id"])
 
     bad = f"bad-{uuid.uuid4().hex[:8]}"
     seed(s3, bad, {"a.jpg": {"score": "high"}, "b.jpg": {"score": "low"}, "c.jpg": {"score": 1}})
