@@ -122,6 +122,9 @@ def ingest(
     group_by: GroupByOpt = "",
     group_as: GroupAsOpt = "image-group",
     dicom_3d: Dicom3dOpt = "auto",
+    retry_dead_letters: Annotated[
+        bool, typer.Option(help="no listing: re-drive the objects the ledger holds as dead-lettered")
+    ] = False,
     as_json: JsonOpt = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -150,6 +153,7 @@ def ingest(
         group_by=group_by,
         group_as=group_as,
         dicom_3d=dicom_3d,
+        retry_dead_letters=retry_dead_letters,
     )
     _precheck(params)
     from flows.ingest import ingest as ingest_flow

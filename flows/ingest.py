@@ -103,6 +103,21 @@ def run_ingest(
     return summary
 
 
+def retry_dead_letters(params: IngestParams, run_id: str) -> RunSummary:
+    """Re-drive exactly the objects the ledger holds as dead-lettered for this source, no listing."""
+    from tasks.keyed import KeyedStats, keyed_batches
+
+    stats = KeyedStats()
+
+    def batches(ctx: RunContext) -> Iterable[list[Entry]]:
+        assert ctx.ledger is not None
+        keys = [row["key"] for page in ctx.ledger.failed(ctx.source.id) for row in page]
+        log.info("re-driving %d dead-lettered objects of %s", len(keys), ctx.source.id)
+        return keyed_batches(ctx.source, keys, ctx.listing, params.batch_size, stats, ctx.io)
+
+    return run_ingest(params, run_id, batches=batches, stats=stats, label=f"{params.source} (dead letters)")
+
+
 @flow(name="encord-ingest", flow_run_name=_run_name, log_prints=True)
 def ingest(params: IngestParams, encord_key_block: str | None = None, secret_env: dict[str, str] | None = None) -> Any:
     """Register SOURCE into an Encord folder; re-runs import only what is new or changed.
@@ -115,6 +130,8 @@ def ingest(params: IngestParams, encord_key_block: str | None = None, secret_env
     run_id = str(flow_run.id or "local")
     try:
         load_secret_env(encord_key_block, secret_env)
+        if params.retry_dead_letters:
+            return retry_dead_letters(params, run_id).public()
         return run_ingest(params, run_id).public()
     except IngestError as exc:
         log.error("%s", exc)

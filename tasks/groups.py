@@ -33,14 +33,18 @@ class Group:
         return len(self.members)
 
 
-def iter_group_batches(ctx: RunContext, batch_size: int) -> Iterator[list[Group]]:
-    """Staged groups, a batch at a time (a batch holds whole groups, about `batch_size` files)."""
+def iter_group_batches(ctx: RunContext, batch_size: int, *, whole: bool = False) -> Iterator[list[Group]]:
+    """Staged groups, a batch at a time (a batch holds whole groups, about `batch_size` files).
+
+    `whole` for runs that saw only some files (explicit keys): groups then include the members
+    earlier runs staged, and only this run's members are counted in its report.
+    """
     staging = ctx.staging
     if staging is None:
         return
     batch: list[Group] = []
     files = 0
-    for key, kind, members in staging.staged_groups(ctx.run_id):
+    for key, kind, members in staging.staged_groups(ctx.run_id, whole=whole):
         batch.append(Group(key, ItemKind(kind), members))
         files += len(members)
         if files >= batch_size:
@@ -78,9 +82,13 @@ class _GroupBatch:
     def __init__(self, ctx: RunContext, number: int, groups: Sequence[Group]) -> None:
         self.ctx = ctx
         self.groups = groups
-        self.report = BatchReport(number=number, listed=sum(g.size for g in groups))
+        self.report = BatchReport(number=number, listed=sum(self._ours(g) for g in groups))
         self.rows: list[dict[str, Any]] = []
         self.rejections: list[Rejection] = []
+
+    def _ours(self, group: Group) -> int:
+        """Members this run listed: the only ones its report counts (others come from earlier runs)."""
+        return sum(1 for m in group.members if m["run_id"] == self.ctx.run_id)
 
     def _rows(self, group: Group, state: str, **extra: Any) -> list[dict[str, Any]]:
         return [
@@ -102,8 +110,10 @@ class _GroupBatch:
         ]
 
     def _fail(self, group: Group, rule: str, reason: str, *, transient: bool = False, attempts: int = 1) -> None:
-        self.report.failed += group.size
+        self.report.failed += self._ours(group)
         for m in group.members:
+            if m["run_id"] != self.ctx.run_id:
+                continue
             self.rejections.append(Rejection(m["url"], m["key"], "group", rule, reason, transient, attempts))
         self.rows += self._rows(group, State.FAILED, last_error=f"{rule}: {reason}", transient=transient)
 
@@ -113,10 +123,10 @@ class _GroupBatch:
         for group in self.groups:
             hashes = {m["data_hash"] for m in group.members}
             if all(m["status"] == "unchanged" for m in group.members) and len(hashes) == 1 and "" not in hashes:
-                self.report.skipped += group.size
-                self.report.skip_reasons["unchanged since the last run"] = (
-                    self.report.skip_reasons.get("unchanged since the last run", 0) + group.size
-                )
+                self.report.skipped += self._ours(group)
+                self.report.skip_reasons["unchanged since the last run"] = self.report.skip_reasons.get(
+                    "unchanged since the last run", 0
+                ) + self._ours(group)
                 continue
             problems = _problems(group, self.ctx.options.dicom_3d)
             if problems:
@@ -142,7 +152,7 @@ class _GroupBatch:
         return self.report
 
     def _submit(self, todo: dict[str, tuple[Group, Item]]) -> None:
-        self.report.submitted += sum(g.size for g, _ in todo.values())
+        self.report.submitted += sum(self._ours(g) for g, _ in todo.values())
 
         def pending_rows(item: Item, attempts: int) -> list[dict[str, Any]]:
             group, _ = todo[item.url]
@@ -166,7 +176,7 @@ class _GroupBatch:
         for out in outcomes:
             group, item = todo[out.item.url]
             if out.uuid is not None:
-                self.report.registered += group.size
+                self.report.registered += self._ours(group)
                 if self.ctx.staging is not None:
                     self.ctx.staging.set_staged_hash([m["url"] for m in group.members], out.uuid)
                 self.rows += self._rows(

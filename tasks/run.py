@@ -75,6 +75,9 @@ class IngestParams(BaseModel):
     dicom_3d: Literal["auto", "require", "ignore"] = Field(
         default="auto", description="require the spatial DICOM tags: for multi-slice series (auto), always, never"
     )
+    retry_dead_letters: bool = Field(
+        default=False, description="instead of listing, re-drive the objects the ledger holds as dead-lettered"
+    )
     report_deleted: bool = Field(default=True, description="report objects gone from the source since last run")
     flag_deleted: str = Field(default="", description="metadata key set to true on items whose object is gone")
 
@@ -259,6 +262,7 @@ def drive(
 ) -> RunSummary:
     """Cut batches (from the listing unless given), keep `max_in_flight` running, sum their reports."""
     summary = RunSummary(run_id=ctx.run_id)
+    explicit_batches = batches is not None
     if batches is None:
         stats = ListingStats()
         batches = iter_batches(ctx.source, ctx.listing, params.batch_size, stats)
@@ -295,7 +299,8 @@ def drive(
     dispatch(batches, submit)
     if abort is None:  # grouped items: every member is staged once the listing is done
         group_sender = submit_groups or (lambda n, groups: _Done(guarded_group_batch(ctx, n, groups)))
-        dispatch(iter_group_batches(ctx, params.batch_size), group_sender)
+        whole = explicit_batches  # a run that saw only some files completes groups from earlier runs
+        dispatch(iter_group_batches(ctx, params.batch_size, whole=whole), group_sender)
     summary.listed = stats.listed
     summary.skipped += stats.orphans
     if stats.orphans:

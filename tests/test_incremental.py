@@ -167,3 +167,20 @@ def test_postgresql_ledger_end_to_end(cli: Any, emulator: Any, s3: Any, postgres
     assert (second.json()["registered"], second.json()["skipped"]) == (0, 25)
     with create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://")).connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM objects WHERE state='registered'")).scalar() == 25
+
+
+def test_retry_dead_letters_re_drives_only_what_failed(cli: Any, emulator: Any, s3: Any) -> None:
+    bucket = f"redrive-{uuid.uuid4().hex[:8]}"
+    keys = seed(s3, bucket, 20)
+    for key in keys[:4]:
+        s3.put_object(Bucket=bucket, Key=f"{key}.json", Body=b'{"n": 1, "n": 2}')
+    first = run(cli, bucket)
+    assert first.code == 1 and first.json()["failed"] == 4
+    for key in keys[:4]:
+        s3.put_object(Bucket=bucket, Key=f"{key}.json", Body=b'{"n": 1}')
+    retried = run(cli, bucket, "--retry-dead-letters")
+    assert retried.code == 0, retried.stderr[-2000:]
+    summary = retried.json()
+    assert (summary["listed"], summary["registered"], summary["failed"]) == (4, 4, 0)
+    assert urls(emulator.state()) == Counter({f"s3://{bucket}/{k}": 1 for k in keys})
+    assert run(cli, bucket, "--retry-dead-letters").json()["listed"] == 0, "nothing left to re-drive"

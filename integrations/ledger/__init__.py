@@ -355,38 +355,36 @@ class Ledger:
                     update(staged).where(staged.c.url.in_(list(urls[i : i + 5000]))).values(data_hash=data_hash)
                 )
 
-    def staged_groups(self, run_id: str, chunk: int = 5000) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
-        """(group_key, kind, members in order) for every group a run staged, streaming."""
+    def staged_groups(
+        self, run_id: str, *, whole: bool = False, chunk: int = 1000
+    ) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+        """(group_key, kind, members in order) for every group this run staged, streaming.
+
+        With `whole`, a group includes members staged by earlier runs too: a run that saw only
+        some files (event-driven keys, dead-letter retries) must not register a partial group.
+        """
         c = staged.c
-        q = select(staged).where(c.run_id == run_id).order_by(c.group_key, c.kind, c.sort_key, c.url)
-        current: tuple[str, str] | None = None
-        members: list[dict[str, Any]] = []
-        last: tuple[str, str, str, str] | None = None
+        last: tuple[str, str] = ("", "")
         while True:
-            page_q = q
-            if last is not None:
-                g, k, sk, u = last
-                page_q = q.where(
-                    (c.group_key > g)
-                    | (and_(c.group_key == g, c.kind > k))
-                    | (and_(c.group_key == g, c.kind == k, c.sort_key > sk))
-                    | (and_(c.group_key == g, c.kind == k, c.sort_key == sk, c.url > u))
-                )
+            q = (
+                select(c.group_key, c.kind)
+                .where(c.run_id == run_id)
+                .where((c.group_key > last[0]) | and_(c.group_key == last[0], c.kind > last[1]))
+                .group_by(c.group_key, c.kind)
+                .order_by(c.group_key, c.kind)
+                .limit(chunk)
+            )
             with self.engine.connect() as conn:
-                page = [dict(r._mapping) for r in conn.execute(page_q.limit(chunk))]
-            if not page:
-                break
-            for row in page:
-                ident = (row["group_key"], row["kind"])
-                if current is not None and ident != current:
-                    yield current[0], current[1], members
-                    members = []
-                current = ident
-                members.append(row)
-            r = page[-1]
-            last = (r["group_key"], r["kind"], r["sort_key"], r["url"])
-        if current is not None:
-            yield current[0], current[1], members
+                keys = [(r.group_key, r.kind) for r in conn.execute(q)]
+                for group_key, kind in keys:
+                    members_q = select(staged).where(and_(c.group_key == group_key, c.kind == kind))
+                    if not whole:
+                        members_q = members_q.where(c.run_id == run_id)
+                    rows = conn.execute(members_q.order_by(c.sort_key, c.url))
+                    yield group_key, kind, [dict(r._mapping) for r in rows]
+            if len(keys) < chunk:
+                return
+            last = keys[-1]
 
     def failed(self, source: str, chunk: int = 1000) -> Iterator[list[dict[str, Any]]]:
         """Dead-lettered rows of a source, for `--retry-dead-letters`."""
