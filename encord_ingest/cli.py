@@ -36,6 +36,9 @@ GroupByOpt = Annotated[
     str, typer.Option(help="regex with a named group; images with the same value become one image group")
 ]
 GroupAsOpt = Annotated[str, typer.Option("--as", help="image-group or image-sequence (for --group-by)")]
+ProbeOpt = Annotated[
+    bool, typer.Option(help="read video (MP4/MOV) and audio (WAV) headers into the manifest's media metadata")
+]
 Dicom3dOpt = Annotated[
     str, typer.Option(help="spatial DICOM tags required: auto (multi-slice series), require, ignore")
 ]
@@ -122,6 +125,7 @@ def ingest(
     group_by: GroupByOpt = "",
     group_as: GroupAsOpt = "image-group",
     dicom_3d: Dicom3dOpt = "auto",
+    probe_media: ProbeOpt = False,
     retry_dead_letters: Annotated[
         bool, typer.Option(help="no listing: re-drive the objects the ledger holds as dead-lettered")
     ] = False,
@@ -153,6 +157,7 @@ def ingest(
         group_by=group_by,
         group_as=group_as,
         dicom_3d=dicom_3d,
+        probe_media=probe_media,
         retry_dead_letters=retry_dead_letters,
     )
     _precheck(params)
@@ -181,6 +186,7 @@ def manifest(
     group_by: GroupByOpt = "",
     group_as: GroupAsOpt = "image-group",
     dicom_3d: Dicom3dOpt = "auto",
+    probe_media: ProbeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """List + metadata + validation, writing Encord JSON manifests; contacts no Encord."""
@@ -200,6 +206,7 @@ def manifest(
         group_by=group_by,
         group_as=group_as,
         dicom_3d=dicom_3d,
+        probe_media=probe_media,
     )
     _precheck(params)
     summary = write_manifests(params, out_dir)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import re
+import struct
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -30,6 +31,8 @@ from tasks.deadletter import DeadLetters
 from tasks.dicom import PREAMBLE_BYTES, DicomHeader, HeaderTooLarge, has_preamble, read_header
 from tasks.listing import ListingOptions
 from tasks.manifest import DEFAULT_BATCH_BYTES, build_manifest, split_by_limits
+from tasks.media import ProbeError
+from tasks.media import probe as probe_media
 from tasks.metadata import MAX_SIDECAR_BYTES, Cheap, MetadataError, MetadataPlan, parse_sidecar
 from tasks.observed import Observed
 from tasks.ordering import dicom_sort_key, natural_key
@@ -54,6 +57,7 @@ class Options:
     dicom_3d: str = "auto"
     group_regex: re.Pattern[str] | None = None
     group_as_sequence: bool = False
+    probe_media: bool = False
 
 
 @dataclass(slots=True)
@@ -121,6 +125,7 @@ class _Work:
     content_changed: bool = False
     kind: ItemKind | None = None
     dicom: DicomHeader | None = None
+    media: dict[str, Any] | None = None
 
 
 def metadata_hash(metadata: dict[str, Any]) -> str:
@@ -261,6 +266,11 @@ class _Batch:
                 if kind == ItemKind.DICOM:
                     w.dicom = read_header(store, key, w.entry.obj.size, plan.dicom_tags)
                     self.report.dicom_bytes += w.dicom.bytes_read
+                if self.ctx.options.probe_media and kind in (ItemKind.VIDEO, ItemKind.AUDIO):
+                    try:
+                        w.media = probe_media(store, key, w.entry.obj.size)
+                    except (ProbeError, struct.error, ValueError) as exc:
+                        log.info("%s: no media metadata (%s); Encord will read the file itself", key, exc)
                 sidecar = w.entry.sidecar
                 if plan.uses_sidecar and sidecar is not None:
                     if sidecar.size > MAX_SIDECAR_BYTES:
@@ -315,6 +325,8 @@ class _Batch:
             rel = ctx.source.relative(key)
             title = key if ctx.options.title_from == "key" else (rel or key)
             w.item = Item(kind, key, w.url, title, [w.entry], [w.url], metadata)
+            if w.media:
+                w.item.extra["media_metadata"] = w.media
             w.item.fingerprint = w.fingerprint
             w.item.metadata_hash = metadata_hash(metadata)
             row = w.row

@@ -75,6 +75,9 @@ class IngestParams(BaseModel):
     dicom_3d: Literal["auto", "require", "ignore"] = Field(
         default="auto", description="require the spatial DICOM tags: for multi-slice series (auto), always, never"
     )
+    probe_media: bool = Field(
+        default=False, description="read video/audio headers so Encord gets their metadata in the manifest"
+    )
     retry_dead_letters: bool = Field(
         default=False, description="instead of listing, re-drive the objects the ledger holds as dead-lettered"
     )
@@ -210,6 +213,7 @@ def open_context(
                 dicom_3d=params.dicom_3d,
                 group_regex=group_regex,
                 group_as_sequence=params.group_as == "image-sequence",
+                probe_media=params.probe_media,
             ),
             listing=ListingOptions(key_filter=key_filter, sidecar_suffix=params.sidecar_suffix, fanout=params.fanout),
         )
