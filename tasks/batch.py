@@ -30,7 +30,7 @@ from tasks.classify import by_content_type, by_extension, unsupported_reason
 from tasks.deadletter import DeadLetters
 from tasks.dicom import PREAMBLE_BYTES, DicomHeader, HeaderTooLarge, has_preamble, read_header
 from tasks.listing import ListingOptions
-from tasks.manifest import DEFAULT_BATCH_BYTES, build_manifest, split_by_limits
+from tasks.manifest import DEFAULT_BATCH_BYTES, entry_size_estimate, render_manifest, split_by_limits
 from tasks.media import ProbeError
 from tasks.media import probe as probe_media
 from tasks.metadata import MAX_SIDECAR_BYTES, Cheap, MetadataError, MetadataPlan, parse_sidecar
@@ -38,7 +38,7 @@ from tasks.observed import Observed
 from tasks.ordering import dicom_sort_key, natural_key
 from tasks.schema import Schema
 from tasks.upload import upload_with_retries
-from tasks.validate import validate_metadata
+from tasks.validate import validate_and_encode
 
 log = logging.getLogger("encord_ingest.batch")
 
@@ -89,7 +89,7 @@ class BatchReport:
     failed: int = 0
     jobs: int = 0
     seconds: float = 0.0
-    manifests: list[dict[str, Any]] = field(default_factory=list)
+    manifests: list[tuple[str, int]] = field(default_factory=list)  # manifest-only runs: (JSON text, items)
     skip_reasons: dict[str, int] = field(default_factory=dict)
     observed: Observed = field(default_factory=Observed)
     staged: int = 0
@@ -128,9 +128,11 @@ class _Work:
     media: dict[str, Any] | None = None
 
 
-def metadata_hash(metadata: dict[str, Any]) -> str:
-    canon = json.dumps(metadata, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canon.encode()).hexdigest()[:32]
+def metadata_hash(metadata: dict[str, Any], encoded: str | None = None) -> str:
+    """Hash of the canonical JSON (sorted keys); pass `encoded` when it is already at hand."""
+    if encoded is None:
+        encoded = json.dumps(metadata, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(encoded.encode()).hexdigest()[:32]
 
 
 class _Batch:
@@ -194,8 +196,9 @@ class _Batch:
         if ctx.uploader is not None:
             self.reconcile(rows, {url: e.obj.key for url, e in zip(urls, self.entries, strict=True)})
         work: list[_Work] = []
+        salt = ctx.plan.digest + ctx.schema.digest
         for entry, url, c in zip(self.entries, urls, cheap, strict=True):
-            fp = ctx.plan.fingerprint(entry, c, ctx.schema.digest)
+            fp = ctx.plan.fingerprint(entry, c, salt)
             row = rows.get(url)
             w = _Work(entry, url, c, fp, row)
             if url in self.reconciled and row is not None:
@@ -289,7 +292,22 @@ class _Batch:
             except IngestError as exc:
                 w.problem = Rejection(w.url, key, "metadata", "source.read", str(exc), transient=True)
 
-        list(self.ctx.io.map(one, work))
+        probe = self.ctx.options.probe_media
+        needs_io = []
+        for w in work:
+            kind = by_extension(w.entry.obj.key)
+            if (
+                plan.uses_object
+                or kind is None
+                or kind == ItemKind.DICOM
+                or (plan.uses_sidecar and w.entry.sidecar is not None)
+                or (probe and kind in (ItemKind.VIDEO, ItemKind.AUDIO))
+            ):
+                needs_io.append(w)
+            else:
+                w.kind = kind  # nothing to read: the extension says it all
+        if needs_io:
+            list(self.ctx.io.map(one, needs_io))
 
     def build(self, work: list[_Work]) -> tuple[list[_Work], list[_Work]]:
         """Classify, merge, validate: returns (to register, to update metadata)."""
@@ -314,7 +332,7 @@ class _Batch:
                 self.fail(w, "metadata", w.cheap.problem.rule, w.cheap.problem.message)
                 continue
             merged = ctx.plan.merge(w.cheap, w.sidecar, w.object_meta, w.dicom.tags if w.dicom else None)
-            metadata, violation = validate_metadata(merged, ctx.schema)
+            metadata, violation, encoded = validate_and_encode(merged, ctx.schema)
             if group is not None:
                 problem = w.cheap.problem.message if w.cheap.problem else (violation.reason if violation else "")
                 self._stage(w, group, metadata, problem)
@@ -328,7 +346,9 @@ class _Batch:
             if w.media:
                 w.item.extra["media_metadata"] = w.media
             w.item.fingerprint = w.fingerprint
-            w.item.metadata_hash = metadata_hash(metadata)
+            w.item.metadata_hash = metadata_hash(metadata, encoded)
+            w.item.extra["entry_size"] = entry_size_estimate(w.url, title, encoded)
+            w.item.extra["metadata_json"] = encoded
             row = w.row
             registered = row is not None and row.state == State.REGISTERED and bool(row.data_hash)
             if registered and w.content_changed and ctx.options.on_content_change == "reimport":
@@ -435,7 +455,7 @@ class _Batch:
         if self.ctx.uploader is None:
             items = [w.item for w in new if w.item is not None]
             for chunk in split_by_limits(items, max_items=len(items) or 1, max_bytes=self.ctx.options.batch_bytes):
-                self.report.manifests.append(build_manifest(chunk))
+                self.report.manifests.append(render_manifest(chunk))
         else:
             self.submit(new)
             self.update(updates)

@@ -138,11 +138,11 @@ class _GroupBatch:
             todo[item.url] = (group, item)
             self.report.observed.observe(item.client_metadata)
         if self.ctx.uploader is None:
-            from tasks.manifest import build_manifest, split_by_limits
+            from tasks.manifest import render_manifest, split_by_limits
 
             items = [item for _, item in todo.values()]
             for chunk in split_by_limits(items, max_items=len(items) or 1, max_bytes=self.ctx.options.batch_bytes):
-                self.report.manifests.append(build_manifest(chunk))
+                self.report.manifests.append(render_manifest(chunk))
         else:
             self._submit(todo)
         self.ctx.dead_letters.write(self.rejections)

@@ -153,17 +153,28 @@ def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def iter_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
-    if opts.fanout <= 1:
+def iter_chunks(
+    source: Source, opts: ListingOptions, pages: Iterable[list[ObjectRef]] | None = None
+) -> Iterator[Chunk]:
+    """`pages` (sorted, e.g. an inventory or a shard's listing) replaces the store's listing."""
+    if pages is not None:
+        yield from _paired(source, opts, pages, 0)
+    elif opts.fanout <= 1:
         yield from _paired(source, opts, source.store.list_pages(source.prefix, page_size=opts.page_size), 0)
     else:
         yield from _fanout_chunks(source, opts)
 
 
-def iter_batches(source: Source, opts: ListingOptions, batch_size: int, stats: ListingStats) -> Iterator[list[Entry]]:
+def iter_batches(
+    source: Source,
+    opts: ListingOptions,
+    batch_size: int,
+    stats: ListingStats,
+    pages: Iterable[list[ObjectRef]] | None = None,
+) -> Iterator[list[Entry]]:
     """Batches of at most `batch_size` entries, each from one lister stream."""
     buffers: dict[int, list[Entry]] = {}
-    for chunk in iter_chunks(source, opts):
+    for chunk in iter_chunks(source, opts, pages):
         crash_point("listing-page")
         stats.pages += 1
         stats.listed += len(chunk.entries) + len(chunk.orphans)

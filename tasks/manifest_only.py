@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,11 @@ def write_manifests(params: IngestParams, out_dir: Path) -> dict[str, Any]:
         def write(report: BatchReport) -> Future[BatchReport]:
             nonlocal written, items
             fut: Future[BatchReport] = Future()
-            for manifest in report.manifests:
+            for text, count in report.manifests:
                 written += 1
-                items += sum(len(v) for v in manifest.values() if isinstance(v, list))
+                items += count
                 path = out_dir / f"manifest-{written:05d}.json"
-                path.write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+                path.write_text(text + "\n", encoding="utf-8")
             report.manifests = []
             fut.set_result(report)
             return fut

@@ -153,6 +153,9 @@ class MetadataPlan:
     specs: list[Spec]
     texts: list[str]
     tables: dict[int, MetadataTable]
+    uses_sidecar: bool = field(init=False, default=False)
+    uses_object: bool = field(init=False, default=False)
+    digest: str = field(init=False, default="")
 
     @classmethod
     def build(cls, texts: Sequence[str], *, url_base: str, open_table: Any = None) -> MetadataPlan:
@@ -172,21 +175,14 @@ class MetadataPlan:
             raise
         return cls(specs, list(texts), tables)
 
-    @property
-    def uses_sidecar(self) -> bool:
-        return any(isinstance(s, SidecarSpec) for s in self.specs)
-
-    @property
-    def uses_object(self) -> bool:
-        return any(isinstance(s, ObjectSpec) for s in self.specs)
+    def __post_init__(self) -> None:
+        self.uses_sidecar = any(isinstance(s, SidecarSpec) for s in self.specs)
+        self.uses_object = any(isinstance(s, ObjectSpec) for s in self.specs)
+        self.digest = hashlib.sha256(_stable(self.texts).encode()).hexdigest()[:16]
 
     @property
     def dicom_tags(self) -> tuple[str, ...]:
         return tuple(t for s in self.specs if isinstance(s, DicomSpec) for t in s.tags)
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(_stable(self.texts).encode()).hexdigest()[:16]
 
     def cheap(self, entries: Sequence[Entry], relative: Any) -> list[Cheap]:
         """Path, table and constant layers for a batch; one table query per table per batch."""
@@ -214,18 +210,21 @@ class MetadataPlan:
             out.append(cheap)
         return out
 
-    def fingerprint(self, entry: Entry, cheap: Cheap, schema_digest: str) -> str:
-        parts = [
-            entry.obj.etag,
-            entry.obj.size,
-            entry.obj.last_modified,
-            self.digest,
-            schema_digest,
-            cheap.layers,
-        ]
-        if self.uses_sidecar and entry.sidecar is not None:
-            parts += [entry.sidecar.key, entry.sidecar.etag, entry.sidecar.size, entry.sidecar.last_modified]
-        return hashlib.sha256(_stable(parts).encode()).hexdigest()[:32]
+    def fingerprint(self, entry: Entry, cheap: Cheap, salt: str) -> str:
+        """Everything the object's metadata comes from, hashed: equal means nothing to re-read.
+
+        `salt` is the plan's and the schema's digests, computed once per run by the caller. Layers
+        are rendered with repr of sorted items (stable for the JSON-like values they hold) - this
+        runs for every listed object, so it avoids a JSON encoder.
+        """
+        obj = entry.obj
+        parts = [salt, obj.etag, str(obj.size), obj.last_modified]
+        for layer in cheap.layers:
+            parts.append(repr(sorted(layer.items())) if layer else "-")
+        sidecar = entry.sidecar
+        if sidecar is not None and self.uses_sidecar:
+            parts += [sidecar.key, sidecar.etag, str(sidecar.size), sidecar.last_modified]
+        return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
 
     def merge(
         self,

@@ -20,11 +20,14 @@ class KeyStats:
 
     def add(self, value: Any) -> None:
         self.count += 1
+        if type(value) is str:  # by far the most common: keep it cheap
+            self.types.add("string")
+            if len(self.values) < MAX_VALUES and len(value) <= 200:
+                self.values.add(value)
+            return
         kind = type_name(value)
         self.types.add(kind)
-        if kind == "string" and len(self.values) < MAX_VALUES and len(value) <= 200:
-            self.values.add(value)
-        elif kind == "array" and len(self.lengths) < MAX_LENGTHS:
+        if kind == "array" and len(self.lengths) < MAX_LENGTHS:
             self.lengths.add(len(value))
 
     def merge(self, other: KeyStats) -> None:

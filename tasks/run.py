@@ -83,6 +83,8 @@ class IngestParams(BaseModel):
     )
     report_deleted: bool = Field(default=True, description="report objects gone from the source since last run")
     flag_deleted: str = Field(default="", description="metadata key set to true on items whose object is gone")
+    inventory: str = Field(default="", description="S3 Inventory manifest.json URL: its rows replace the listing")
+    ledger_scope: str = Field(default="", description="set by sharded runs: suffix of the ledger source id")
 
 
 PUBLIC_FIELDS = (
@@ -178,6 +180,7 @@ def open_context(
         schema = load_schema(params.schema_file) if params.schema_file else EMPTY_SCHEMA
         key_filter = KeyFilter.build(params.include, params.exclude)
         source = open_source(params.source, account=params.account)
+        source.scope = params.ledger_scope
         url_base = source.store.url_for("")
         plan = MetadataPlan.build(params.metadata, url_base=url_base, open_table=_table_fetcher(stack, params.account))
         stack.callback(plan.close)

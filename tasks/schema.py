@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,12 @@ def key_problem(key: object) -> str | None:
     """Why `key` cannot be a metadata key, or None. Rules: seed charset, SDK's extra checks."""
     if not isinstance(key, str):
         return "key must be a string"
+    return _key_problem(key)
+
+
+@lru_cache(maxsize=8192)
+def _key_problem(key: str) -> str | None:
+    """Cached: the same few keys are checked for millions of objects."""
     if not key:
         return "key is empty"
     if key.startswith("$"):
@@ -63,11 +70,15 @@ class Schema:
 
     @property
     def digest(self) -> str:
-        canon = {k: [v.type, list(v.values), v.size] for k, v in sorted(self.keys.items())}
-        return hashlib.sha256(json.dumps(canon).encode()).hexdigest()[:16]
+        return _schema_digest(tuple(sorted((k, v.type, v.values, v.size) for k, v in self.keys.items())))
 
     def get(self, key: str) -> KeySpec | None:
         return self.keys.get(key)
+
+
+@lru_cache(maxsize=64)
+def _schema_digest(canon: tuple[tuple[str, str, tuple[str, ...], int], ...]) -> str:
+    return hashlib.sha256(json.dumps(canon).encode()).hexdigest()[:16]
 
 
 EMPTY_SCHEMA = Schema(keys={})

@@ -38,10 +38,13 @@ def sidecar_candidates(key: str, suffix: str = DEFAULT_SIDECAR_SUFFIX) -> tuple[
 
 
 def is_json(key: str) -> bool:
-    return key.lower().endswith(".json")
+    return key.endswith(".json") or key[-5:].lower() == ".json"
 
 
 def _resolve(group: list[ObjectRef], suffix: str) -> Paired:
+    if len(group) == 1:  # the common case: an object alone in its group
+        ref = group[0]
+        return Paired(orphans=[ref]) if is_json(ref.key) else Paired(entries=[Entry(ref, None)])
     by_key = {ref.key: ref for ref in group}
     used: set[str] = set()
     out = Paired()

@@ -75,13 +75,9 @@ def _check_json_value(value: Any, depth: int = 0) -> Any:
         if not math.isfinite(f):
             raise _Invalid("jsonb.number", "NaN and Infinity are not valid JSON numbers")
         return f
-    if isinstance(value, str):
+    if isinstance(value, str):  # lone surrogates are caught when the whole document is encoded
         if "\x00" in value:
             raise _Invalid("jsonb.nul", "strings must not contain the NUL character (\\u0000)")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _Invalid("jsonb.unicode", "string is not valid Unicode (lone surrogate)") from None
         return value
     if isinstance(value, datetime | date):
         return value.isoformat()
@@ -225,6 +221,10 @@ def coerce_value(value: Any, spec: KeySpec) -> Any:
     raise AssertionError(f"unknown schema type {t}")
 
 
+def _plain_key(key: str) -> bool:
+    return key_problem(key) is None
+
+
 def metadata_size(metadata: dict[str, Any]) -> int:
     return len(json.dumps(metadata, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
@@ -233,22 +233,42 @@ def validate_metadata(
     metadata: dict[str, Any], schema: Schema = EMPTY_SCHEMA
 ) -> tuple[dict[str, Any], Violation | None]:
     """Return the coerced metadata, or the first violation found."""
+    out, violation, _ = validate_and_encode(metadata, schema)
+    return out, violation
+
+
+def validate_and_encode(
+    metadata: dict[str, Any], schema: Schema = EMPTY_SCHEMA
+) -> tuple[dict[str, Any], Violation | None, str]:
+    """Like `validate_metadata`, plus the canonical JSON (sorted keys, compact) it measured.
+
+    The same text gives the size check, the metadata hash and the manifest's byte budget, so an
+    item is JSON-encoded once.
+    """
+    if not metadata:
+        return {}, None, "{}"
     out: dict[str, Any] = {}
     for key, value in metadata.items():
+        spec = schema.keys.get(key) if schema.keys else None
+        if spec is None and type(value) is str and type(key) is str and _plain_key(key) and "\x00" not in value:
+            out[key] = value  # fast path: a valid key outside the schema with a plain string value
+            continue
         problem = key_problem(key)
         if problem:
             safe_key = key if isinstance(key, str) and key.isprintable() else repr(key)
-            return {}, Violation(safe_key, "key.charset", problem)
-        spec = schema.get(key)
+            return {}, Violation(safe_key, "key.charset", problem), ""
         try:
             out[key] = coerce_value(value, spec) if spec is not None and value is not None else _check_json_value(value)
         except _Invalid as exc:
-            return {}, Violation(key, exc.rule, exc.message)
+            return {}, Violation(key, exc.rule, exc.message), ""
         except RecursionError:
-            return {}, Violation(key, "jsonb.depth", f"nested deeper than {MAX_DEPTH} levels")
-    size = metadata_size(out)
+            return {}, Violation(key, "jsonb.depth", f"nested deeper than {MAX_DEPTH} levels"), ""
+    encoded = json.dumps(out, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    try:
+        size = len(encoded.encode("utf-8"))
+    except UnicodeEncodeError:
+        return {}, Violation("", "jsonb.unicode", "a string is not valid Unicode (lone surrogate)"), ""
     if size > MAX_METADATA_BYTES:
-        return {}, Violation(
-            "", "size.limit", f"clientMetadata is {size:,} bytes as JSON; Encord's limit is {MAX_METADATA_BYTES:,}"
-        )
-    return out, None
+        message = f"clientMetadata is {size:,} bytes as JSON; Encord's limit is {MAX_METADATA_BYTES:,}"
+        return {}, Violation("", "size.limit", message), ""
+    return out, None, encoded

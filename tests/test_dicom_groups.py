@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import uuid
@@ -157,7 +158,7 @@ def test_reading_dicom_fetches_a_small_bounded_number_of_bytes(
             submit_groups=lambda n, g: _done(reports, guarded_group_batch(ctx, n, g)),
         )
     assert summary.failed == 0
-    manifests = [m for r in reports for m in r.manifests]
+    manifests = [json.loads(text) for r in reports for text, _ in r.manifests]
     assert len(manifests[0]["dicom_series"]) == 1 and len(manifests[0]["dicom_series"][0]) == 20 + 2
     assert len(store.fetched) == 20
     for key, n in store.fetched.items():

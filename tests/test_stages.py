@@ -287,6 +287,22 @@ class TestManifest:
         ]  # fmt: skip
         assert m["skip_duplicate_urls"] is True
 
+    def test_rendered_text_equals_the_encoded_manifest(self) -> None:
+        from tasks.manifest import render_manifest
+        from tasks.validate import validate_and_encode
+
+        items = []
+        for i, (kind, meta) in enumerate(
+            [(ItemKind.IMAGE, {"b": 1, "a": 'ü"q'}), (ItemKind.VIDEO, {}), (ItemKind.IMAGE_GROUP, {"x": [1, 2]})]
+        ):
+            item = self.item(kind, f'k{i} "quoted" ß.jpg', meta, urls=["s3://b/g/1.jpg"] if i == 2 else None)
+            item.extra["metadata_json"] = validate_and_encode(meta)[2]
+            items.append(item)
+        text, count = render_manifest(items)
+        assert count == 3
+        assert json.loads(text) == json.loads(json.dumps(build_manifest(items)))
+        assert render_manifest([])[0] == '{"skip_duplicate_urls":true}'
+
     def test_split_by_count_and_bytes(self) -> None:
         items = [self.item(ItemKind.IMAGE, f"{i}.jpg", {"pad": "x" * random.randint(0, 3000)}) for i in range(500)]
         limit = 64 * 1024
