@@ -75,6 +75,7 @@ class RunContext:
     options: Options = field(default_factory=Options)
     listing: ListingOptions = field(default_factory=ListingOptions)
     staging: Ledger | None = None
+    memo: dict[Any, Any] = field(default_factory=dict)  # validation results of repeated plain metadata
     sleep: Callable[[float], None] = time.sleep
 
 
@@ -332,7 +333,7 @@ class _Batch:
                 self.fail(w, "metadata", w.cheap.problem.rule, w.cheap.problem.message)
                 continue
             merged = ctx.plan.merge(w.cheap, w.sidecar, w.object_meta, w.dicom.tags if w.dicom else None)
-            metadata, violation, encoded = validate_and_encode(merged, ctx.schema)
+            metadata, violation, encoded = self._validate(merged)
             if group is not None:
                 problem = w.cheap.problem.message if w.cheap.problem else (violation.reason if violation else "")
                 self._stage(w, group, metadata, problem)
@@ -365,6 +366,22 @@ class _Batch:
                 new.append(w)
             self.report.observed.observe(metadata)
         return new, updates
+
+    def _validate(self, merged: dict[str, Any]) -> tuple[dict[str, Any], Any, str]:
+        """`validate_and_encode`, remembered for flat metadata that repeats (path, table, set values
+        are shared by thousands of objects); nested values are always validated afresh."""
+        memo = self.ctx.memo
+        try:
+            key = tuple((k, v.__class__, v) for k, v in merged.items())  # 1 == True: types are part of it
+            hit = memo.get(key)
+        except TypeError:  # unhashable (nested) values
+            return validate_and_encode(merged, self.ctx.schema)
+        if hit is None:
+            hit = validate_and_encode(merged, self.ctx.schema)
+            if len(memo) > 4096:
+                memo.clear()
+            memo[key] = hit
+        return hit
 
     def _group_of(self, w: _Work, kind: ItemKind) -> tuple[ItemKind, str, str] | None:
         """(group kind, group key, sort key) when the object is one member of a grouped item."""
