@@ -1,0 +1,1 @@
+"""Benchmarks for encord-ingest: `make bench` (bench/run.py)."""
