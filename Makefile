@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: setup test demo bench lint dashboard clean browser
 
@@ -28,8 +29,9 @@ browser:
 demo: setup
 	$(BIN)/encord-ingest demo $(DEMO_ARGS)
 
+# BENCH_ARGS: --quick (smoke run, ~2 min), --only NAME, --markdown bench/RESULTS.md; see bench/run.py.
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
