@@ -45,7 +45,7 @@ class MetadataTable:
         self.label = label
         self._dir = tempfile.TemporaryDirectory(prefix="encord-ingest-table-")
         self._con = duckdb.connect(str(Path(self._dir.name) / "table.duckdb"))
-        self._con.execute("SET memory_limit='256MB'")
+        self._con.execute("SET memory_limit='128MB'")  # spills to its temp directory beyond this
         self._con.execute("SET threads=2")
         self._con.execute(f"SET temp_directory='{self._dir.name}'")
         self._lock = threading.Lock()
