@@ -302,6 +302,17 @@ class Ledger:
                     .values(job_id=job_id, updated_at=now())
                 )
 
+    def _pages(self, q: Any, chunk: int) -> Iterator[list[dict[str, Any]]]:
+        """Rows of `q` (which selects `url`) in URL order, a page at a time, never all at once."""
+        last = ""
+        while True:
+            with self.engine.connect() as conn:
+                page = [dict(r._mapping) for r in conn.execute(q.where(objects.c.url > last).limit(chunk))]
+            if not page:
+                return
+            yield page
+            last = page[-1]["url"]
+
     def unseen(self, source: str, run_id: str, chunk: int = 2000) -> Iterator[list[dict[str, Any]]]:
         """Rows of `source` that `run_id` did not list and that are not already marked deleted."""
         c = objects.c
@@ -310,14 +321,7 @@ class Ledger:
             .where(and_(c.source == source, c.last_seen != run_id, c.state != State.DELETED))
             .order_by(c.url)
         )
-        last = ""
-        while True:
-            with self.engine.connect() as conn:
-                page = [dict(r._mapping) for r in conn.execute(q.where(c.url > last).limit(chunk))]
-            if not page:
-                return
-            yield page
-            last = page[-1]["url"]
+        return self._pages(q, chunk)
 
     def mark_deleted(self, urls: Sequence[str], run_id: str) -> None:
         with self._write_lock, self.engine.begin() as conn:
@@ -390,14 +394,7 @@ class Ledger:
         """Dead-lettered rows of a source, for `--retry-dead-letters`."""
         c = objects.c
         q = select(c.url, c.key).where(and_(c.source == source, c.state == State.FAILED)).order_by(c.url)
-        last = ""
-        while True:
-            with self.engine.connect() as conn:
-                page = [dict(r._mapping) for r in conn.execute(q.where(c.url > last).limit(chunk))]
-            if not page:
-                return
-            yield page
-            last = page[-1]["url"]
+        return self._pages(q, chunk)
 
     # -- runs -------------------------------------------------------------------------------
     def start_run(self, run_id: str, source: str, folder: str) -> None:
