@@ -47,8 +47,11 @@ class Hotspots:
     tool: str
 
 
+ROOT = str(Path(__file__).resolve().parent.parent) + "/"
+
+
 def _short(path: str) -> str:
-    for marker in ("site-packages/", "/work/main/", "python3.11/"):
+    for marker in ("site-packages/", ROOT, "python3.11/"):
         if marker in path:
             return path.split(marker, 1)[1]
     return path

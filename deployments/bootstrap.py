@@ -2,11 +2,14 @@
 
     python deployments/bootstrap.py [--pool encord-ingest] [--encord-key-file ~/.ssh/encord]
                                     [--secret NAME=FILE]... [--deploy]
+                                    [--api-rate 10 --api-concurrency 8] [--crash-after 90]
 
 Idempotent: an existing pool is kept, the bucket's queue is (re)limited to one run at a time,
 Secret blocks are overwritten. Secret values are read from files (never from arguments, which
 `ps` shows) and never printed. `--deploy` checks the variables prefect.yaml needs, then runs
-`prefect --no-prompt deploy --all` from the repository root.
+`prefect --no-prompt deploy --all` from the repository root. For sharded runs over many workers,
+`--api-rate`/`--api-concurrency` create the global concurrency limits that pace Encord API calls
+across workers, and `--crash-after` the automation that marks runs of killed workers Crashed.
 """
 
 from __future__ import annotations
@@ -78,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--secret", action="append", default=[], metavar="NAME=FILE", help="save FILE as block NAME")
     parser.add_argument("--deploy", action="store_true", help="then deploy prefect.yaml")
     parser.add_argument("--prefect-file", type=Path, default=PREFECT_FILE)
+    parser.add_argument("--api-rate", type=float, help="Encord API calls per second, all workers together")
+    parser.add_argument("--api-concurrency", type=int, default=8, help="upload jobs started/polled at once")
+    parser.add_argument("--crash-after", type=float, help="seconds without heartbeat before a run is Crashed")
     args = parser.parse_args(argv)
     if not os.environ.get("PREFECT_API_URL"):
         print("set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api) first", file=sys.stderr)
@@ -95,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         secrets.append((name, Path(file)))
     for name, path in secrets:
         print(save_secret(name, path))
+    if args.api_rate:
+        from integrations.encord.throttle import ensure_limits
+
+        print("\n".join(ensure_limits(rate=args.api_rate, concurrency=args.api_concurrency)))
+    if args.crash_after:
+        from flows.shard import ensure_crash_detection
+
+        print(ensure_crash_detection(args.crash_after))
     return deploy(args.prefect_file) if args.deploy else 0
 
 

@@ -129,6 +129,9 @@ def ingest(
     retry_dead_letters: Annotated[
         bool, typer.Option(help="no listing: re-drive the objects the ledger holds as dead-lettered")
     ] = False,
+    inventory: Annotated[
+        str, typer.Option(help="S3 Inventory manifest.json (s3://.../manifest.json): its rows replace the listing")
+    ] = "",
     as_json: JsonOpt = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -159,6 +162,7 @@ def ingest(
         dicom_3d=dicom_3d,
         probe_media=probe_media,
         retry_dead_letters=retry_dead_letters,
+        inventory=inventory,
     )
     _precheck(params)
     from flows.ingest import ingest as ingest_flow

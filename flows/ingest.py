@@ -40,11 +40,13 @@ def run_ingest(
     batches: Callable[[RunContext], Iterable[list[Entry]]] | None = None,
     stats: ListingStats | None = None,
     label: str | None = None,
+    wrap_ctx: Callable[[RunContext], RunContext] | None = None,
 ) -> RunSummary:
     """The flow body, separate so errors can become a Failed state without a traceback.
 
     `batches` (with the `stats` it fills) replaces the listing, e.g. the keys an event named;
     such a run saw only part of the source, so it never marks unseen objects as deleted.
+    `wrap_ctx` swaps the context the batch tasks get (flows.shard: one that Dask workers rebuild).
     """
     require(params, "folder", "integration")
     reports: list[BatchReport] = []
@@ -57,6 +59,7 @@ def run_ingest(
     with open_context(
         params, run_id=run_id, uploader_factory=lambda: connect(params.folder, params.integration), use_ledger=True
     ) as ctx:
+        ctx = wrap_ctx(ctx) if wrap_ctx is not None else ctx
         assert ctx.ledger is not None
         ctx.ledger.start_run(run_id, ctx.source.id, params.folder)
         progress_id = artifacts.start_progress()
@@ -132,6 +135,10 @@ def ingest(params: IngestParams, encord_key_block: str | None = None, secret_env
         load_secret_env(encord_key_block, secret_env)
         if params.retry_dead_letters:
             return retry_dead_letters(params, run_id).public()
+        if params.inventory:  # rows of an S3 Inventory report instead of the listing
+            from flows.shard import run_shard
+
+            return run_shard(params, None, run_id).public()
         return run_ingest(params, run_id).public()
     except IngestError as exc:
         log.error("%s", exc)

@@ -166,14 +166,16 @@ def check_source(inv: Inventory, bucket: str) -> None:
 
 # -- rows ---------------------------------------------------------------------------------------
 def _when(value: Any) -> str:
-    """Last-modified exactly as a listing renders it (boto: aware datetime, isoformat)."""
+    """Last-modified exactly as the S3 listing renders it (S3's own string, 2026-01-02T03:04:05.000Z),
+    so switching between listing and inventory leaves every fingerprint unchanged."""
     if value is None or value == "":
         return ""
     if isinstance(value, datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=UTC)
     else:
         moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return moment.astimezone(UTC).isoformat()
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _truthy(value: Any) -> bool:

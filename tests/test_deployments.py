@@ -148,4 +148,5 @@ def test_serve_entry_point_builds_every_deployment(prefect_stack: PrefectStack) 
     bucket = prefect_stack.bucket
     assert f"encord-ingest/{bucket}: flows/ingest.py:ingest (1 schedule(s), 0 trigger(s))" in lines
     assert f"encord-ingest-keys/{bucket}: flows/events.py:ingest_keys (0 schedule(s), 1 trigger(s))" in lines
-    assert len(lines) == 5
+    assert f"encord-ingest-shard/{bucket}: flows/shard.py:ingest_shard (0 schedule(s), 0 trigger(s))" in lines
+    assert len(lines) == 7

@@ -627,5 +627,5 @@ def test_url_parsing_covers_azure_forms_and_rejects_others() -> None:
         "x.jpg",
         "http://127.0.0.1:10000/devstoreaccount1",
     )
-    assert parse_url("file:///tmp/a%20b.jpg").key == "/tmp/a b.jpg"
+    assert parse_url("file:///data/a%20b.jpg").key == "/data/a b.jpg"
     assert check_objects(["https://example.com/a.jpg"])["https://example.com/a.jpg"].startswith("unsupported URL")

@@ -34,6 +34,7 @@ from encord.storage import FoldersSortBy, StorageFolder
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from encord_ingest.errors import ConfigError, CredentialsError, EncordUnavailableError
+from integrations.encord.throttle import throttled
 
 log = logging.getLogger("encord_ingest.encord")
 
@@ -139,8 +140,12 @@ class EncordGateway:
             return max(float(exc.retry_after), backoff)
         return backoff
 
-    def call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run one SDK call under the retry policy; map final failures to our errors."""
+    def call(self, what: str, fn: Callable[[], T], *, hold: bool = False) -> T:
+        """Run one SDK call under the retry policy; map final failures to our errors.
+
+        Each attempt first passes the shared Prefect limits, if configured (`throttle`); `hold`
+        (upload-job starts and polls) also takes a slot of the concurrency limit.
+        """
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -155,7 +160,7 @@ class EncordGateway:
             reraise=True,
         )
         try:
-            return retrying(fn)
+            return retrying(throttled(fn, hold=hold))
         except AuthenticationError:
             raise CredentialsError(
                 f"Encord rejected the credentials at {self.settings.domain} while trying to {what}: "
@@ -216,6 +221,7 @@ class EncordGateway:
         job = self.call(
             "start an upload job",
             lambda: folder.add_private_data_to_folder_start(integration_id, manifest, ignore_errors=True),
+            hold=True,
         )
         return str(job)
 
@@ -229,6 +235,7 @@ class EncordGateway:
             state = self.call(
                 "poll an upload job",
                 lambda: folder.add_private_data_to_folder_get_result(job, timeout_seconds=poll),
+                hold=True,
             )
             if state.status != LongPollingStatus.PENDING:
                 break

@@ -27,11 +27,12 @@ class Source:
     url: str
     store: ObjectStore
     prefix: str
+    scope: str = ""  # a shard of the source: its own ledger id (lease, rows, runs), e.g. "#prefix:a/"
 
     @property
     def id(self) -> str:
-        """The source as the ledger keys it: scheme://bucket/prefix, however the user spelled it."""
-        return self.store.url_for(self.prefix)
+        """The source as the ledger keys it: scheme://bucket/prefix (+ shard scope), however the user spelled it."""
+        return self.store.url_for(self.prefix) + self.scope
 
     def relative(self, key: str) -> str:
         return key[len(self.prefix) :] if key.startswith(self.prefix) else key
