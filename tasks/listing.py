@@ -1,5 +1,9 @@
 """Listing: pages of keys -> sidecar pairing -> filters -> batches, all streaming.
 
+A single lister runs ahead of the consumer in a thread (`prefetch`): the next pages are on their
+way while a batch is being processed, so on a real bucket (~0.1 s per page) the listing's
+latency hides behind the work instead of adding to it.
+
 With `fanout > 1` the top level under the prefix is listed with a delimiter and each child
 prefix is listed by a bounded pool of listers (one sequential lister tops out near 3,000
 keys/s on S3). Each lister's stream is sorted, so sidecar pairing runs per lister; batches are
@@ -15,12 +19,16 @@ import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from encord_ingest.crashpoints import crash_point
 from encord_ingest.models import Entry, ObjectRef
 from integrations.storage import Source
 from tasks.filters import KeyFilter
 from tasks.sidecars import DEFAULT_SIDECAR_SUFFIX, SidecarPairer
+
+T = TypeVar("T")
+PREFETCH_PAGES = 4
 
 ORPHAN_REASON = "JSON file with no object beside it (sidecar files are never imported)"
 
@@ -153,14 +161,58 @@ def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def prefetch(items: Iterator[T], depth: int = PREFETCH_PAGES) -> Iterator[T]:
+    """`items` produced by a thread at most `depth` ahead; errors reach the consumer in order.
+
+    Closing the consumer (break, exception, garbage collection) stops the thread.
+    """
+    out: queue.Queue[tuple[int, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    item_, error_, end_ = 0, 1, 2
+
+    def put(entry: tuple[int, object]) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(entry, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item_, item)):
+                    return
+        except BaseException as exc:  # delivered to the consumer, which re-raises it
+            put((error_, exc))
+            return
+        put((end_, None))
+
+    thread = threading.Thread(target=produce, name="lister-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            tag, value = out.get()
+            if tag == end_:
+                return
+            if tag == error_:
+                assert isinstance(value, BaseException)
+                raise value
+            yield value  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
 def iter_chunks(
     source: Source, opts: ListingOptions, pages: Iterable[list[ObjectRef]] | None = None
 ) -> Iterator[Chunk]:
     """`pages` (sorted, e.g. an inventory or a shard's listing) replaces the store's listing."""
+    if pages is None and opts.fanout <= 1:
+        pages = source.store.list_pages(source.prefix, page_size=opts.page_size)
     if pages is not None:
-        yield from _paired(source, opts, pages, 0)
-    elif opts.fanout <= 1:
-        yield from _paired(source, opts, source.store.list_pages(source.prefix, page_size=opts.page_size), 0)
+        yield from prefetch(_paired(source, opts, pages, 0))
     else:
         yield from _fanout_chunks(source, opts)
 
