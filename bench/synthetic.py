@@ -25,13 +25,23 @@ MODIFIED = "2026-01-01T00:00:00+00:00"
 ETAG = "0123456789abcdef0123456789abcdef"
 
 
-def synthetic_keys(objects: int, frames_per_camera: int = 1000, cameras_per_site: int = 10) -> Iterator[str]:
-    """Data keys in listing order (the same layout bench/moto_seeded.py seeds)."""
-    per_site = frames_per_camera * cameras_per_site
-    for n in range(objects):
-        site, rest = divmod(n, per_site)
-        cam, frame = divmod(rest, frames_per_camera)
-        yield f"site{site:03d}/cam{cam:02d}/frame_{frame:07d}.jpg"
+PER_SITE = 10_000  # frames_per_camera * cameras_per_site below
+
+
+def synthetic_keys(objects: int, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, str]]:
+    """(index, data key) in listing order for indexes [start, stop) (the layout bench/moto_seeded.py seeds)."""
+    for n in range(start, min(objects, objects if stop is None else stop)):
+        site, rest = divmod(n, PER_SITE)
+        cam, frame = divmod(rest, 1000)
+        yield n, f"site{site:03d}/cam{cam:02d}/frame_{frame:07d}.jpg"
+
+
+def _site_range(objects: int, prefix: str) -> tuple[int, int]:
+    """Indexes whose keys can start with `prefix`: one site's for `siteNNN/...`, else all of them."""
+    if prefix.startswith("site") and prefix[4:7].isdigit() and prefix[7:8] == "/":
+        site = int(prefix[4:7])
+        return site * PER_SITE, (site + 1) * PER_SITE
+    return 0, objects
 
 
 class SyntheticStore:
@@ -46,7 +56,7 @@ class SyntheticStore:
 
     def refs(self, prefix: str = "") -> Iterator[ObjectRef]:
         every = self.sidecar_every
-        for i, key in enumerate(synthetic_keys(self.objects)):
+        for i, key in synthetic_keys(self.objects, *_site_range(self.objects, prefix)):
             if not key.startswith(prefix):
                 continue
             yield ObjectRef(key, 1024 + i % 4096, ETAG, "", MODIFIED)
@@ -64,11 +74,19 @@ class SyntheticStore:
             yield page
 
     def list_level(self, prefix: str) -> Iterator[tuple[list[str], list[ObjectRef]]]:
-        seen: dict[str, None] = {}
-        for key in synthetic_keys(self.objects):
-            if key.startswith(prefix):
-                seen.setdefault(prefix + key[len(prefix) :].split("/", 1)[0] + "/", None)
-        yield list(seen), []
+        if prefix:  # a scan; the pipeline's fan-out asks for the root level only
+            children: dict[str, None] = {}
+            direct = []
+            for ref in self.refs(prefix):
+                head, sep, _ = ref.key[len(prefix) :].partition("/")
+                if sep:
+                    children.setdefault(prefix + head + "/", None)
+                else:
+                    direct.append(ref)
+            yield list(children), direct
+            return
+        sites = (self.objects + PER_SITE - 1) // PER_SITE
+        yield [f"site{site:03d}/" for site in range(sites)], []
 
     def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
         n = int(key.rsplit("_", 1)[1].split(".", 1)[0])

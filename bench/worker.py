@@ -98,7 +98,7 @@ def manifest(args: dict[str, Any]) -> dict[str, Any]:
             source=args["source"],
             metadata=args.get("metadata", []),
             batch_size=args.get("batch_size", 1000),
-            fanout=args.get("fanout", 1),
+            **({"fanout": args["fanout"]} if "fanout" in args else {}),
             state_dir=str(Path(tmp) / "state"),
         )
         hook = synthetic_sources() if args["source"].startswith("synthetic://") else contextlib.nullcontext()

@@ -109,7 +109,7 @@ def ingest(
     batch_size: Annotated[int, typer.Option(help="objects per batch task")] = 1000,
     batch_bytes: Annotated[int, typer.Option(help="max manifest bytes per upload job")] = 4 * 1024 * 1024,
     max_in_flight: Annotated[int, typer.Option(help="batches processed at once")] = 4,
-    fanout: Annotated[int, typer.Option(help="parallel listers over top-level prefixes")] = 1,
+    fanout: Annotated[int, typer.Option(help="parallel listers over top-level prefixes")] = 4,
     ledger: Annotated[str | None, typer.Option(help="SQLite path or postgresql:// URL")] = None,
     account: Annotated[str, typer.Option(help="Azure storage account (az:// sources)")] = "",
     sidecar_suffix: Annotated[str, typer.Option(help="suffix of sidecar files")] = ".metadata.json",

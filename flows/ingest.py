@@ -50,11 +50,13 @@ def run_ingest(
     """
     require(params, "folder", "integration")
     reports: list[BatchReport] = []
+    objects = 0
 
     def on_report(report: BatchReport, summary: RunSummary, dispatched: int) -> None:
+        nonlocal objects
         reports.append(report)
-        objects = sum(r.listed for r in reports)
-        artifacts.update_progress(progress_id, len(reports), dispatched, objects, False)
+        objects += report.listed
+        progress.update(len(reports), dispatched, objects)
 
     with open_context(
         params, run_id=run_id, uploader_factory=lambda: connect(params.folder, params.integration), use_ledger=True
@@ -62,7 +64,7 @@ def run_ingest(
         ctx = wrap_ctx(ctx) if wrap_ctx is not None else ctx
         assert ctx.ledger is not None
         ctx.ledger.start_run(run_id, ctx.source.id, params.folder)
-        progress_id = artifacts.start_progress()
+        progress = artifacts.Progress()
         artifacts.publish_folder_link(ctx.uploader, params.folder)
         label = label or params.source
         explicit = batches(ctx) if batches is not None else None
@@ -96,7 +98,7 @@ def run_ingest(
                 summary.downstream.setdefault("deleted_sample", deleted)
         finally:
             ctx.ledger.finish_run(run_id, status, summary.public())
-            artifacts.update_progress(progress_id, len(reports), max(len(reports), 1), summary.listed, True)
+            progress.update(len(reports), max(len(reports), 1), summary.listed, final=True)
             artifacts.batch_table(reports)
             artifacts.publish_summary(
                 artifacts.summary_markdown(

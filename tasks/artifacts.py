@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
@@ -19,9 +20,27 @@ from prefect.artifacts import update_progress_artifact as _update_progress
 from tasks.batch import BatchReport
 from tasks.run import RunSummary
 
+PROGRESS_INTERVAL = 1.0  # seconds between progress updates: each is an API call (~30 ms)
 
-def start_progress() -> UUID | None:
-    return create_progress_artifact(progress=0.0, key="ingest-progress", description="batches finished")
+
+class Progress:
+    """The run's progress artifact, updated at most once per `interval` while batches finish.
+
+    Updating it per batch cost a no-change re-run of 100k objects 3.9 s of its 8 s, on the
+    thread that dispatches batches. The final update is always sent.
+    """
+
+    def __init__(self, interval: float = PROGRESS_INTERVAL) -> None:
+        self.artifact_id = create_progress_artifact(progress=0.0, key="ingest-progress", description="batches finished")
+        self.interval = interval
+        self.sent_at = time.monotonic()
+
+    def update(self, done: int, dispatched: int, objects: int, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.sent_at < self.interval:
+            return
+        self.sent_at = now
+        update_progress(self.artifact_id, done, dispatched, objects, final)
 
 
 def update_progress(artifact_id: UUID | None, done: int, dispatched: int, objects: int, listing_done: bool) -> None:

@@ -147,6 +147,8 @@ class _Batch:
         self.reconciled: dict[str, str] = {}
         self.staged: list[dict[str, Any]] = []
         self.touched: list[str] = []
+        self.hashes: dict[str, str] = {}  # metadata hash by encoded metadata (shared metadata repeats)
+        self.sent: dict[int, tuple[dict[str, Any], int]] = {}  # metadata dicts sent, by id: (dict, items)
 
     # -- outcomes ---------------------------------------------------------------------------
     def _row(self, w: _Work, state: str, **extra: Any) -> None:
@@ -198,8 +200,9 @@ class _Batch:
             self.reconcile(rows, {url: e.obj.key for url, e in zip(urls, self.entries, strict=True)})
         work: list[_Work] = []
         salt = ctx.plan.digest + ctx.schema.digest
+        reprs: dict[int, str] = {}  # layers shared by many entries of this batch, rendered once
         for entry, url, c in zip(self.entries, urls, cheap, strict=True):
-            fp = ctx.plan.fingerprint(entry, c, salt)
+            fp = ctx.plan.fingerprint(entry, c, salt, reprs)
             row = rows.get(url)
             w = _Work(entry, url, c, fp, row)
             if url in self.reconciled and row is not None:
@@ -347,7 +350,10 @@ class _Batch:
             if w.media:
                 w.item.extra["media_metadata"] = w.media
             w.item.fingerprint = w.fingerprint
-            w.item.metadata_hash = metadata_hash(metadata, encoded)
+            mhash = self.hashes.get(encoded)
+            if mhash is None:
+                mhash = self.hashes[encoded] = metadata_hash(metadata, encoded)
+            w.item.metadata_hash = mhash
             w.item.extra["entry_size"] = entry_size_estimate(w.url, title, encoded)
             w.item.extra["metadata_json"] = encoded
             row = w.row
@@ -364,7 +370,11 @@ class _Batch:
                 updates.append(w)
             else:
                 new.append(w)
-            self.report.observed.observe(metadata)
+            seen = self.sent.get(id(metadata))
+            self.sent[id(metadata)] = (metadata, seen[1] + 1 if seen else 1)
+        for metadata, items in self.sent.values():
+            self.report.observed.observe(metadata, items)
+        self.sent.clear()
         return new, updates
 
     def _validate(self, merged: dict[str, Any]) -> tuple[dict[str, Any], Any, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from json.encoder import encode_basestring
 from typing import Any
 
 from encord_ingest.models import Item, ItemKind
@@ -89,16 +90,14 @@ def render_manifest(items: Iterable[Item], *, skip_duplicate_urls: bool = True) 
     item's metadata a second time: at millions of objects the manifest-only path is mostly this.
     """
     dumps = json.dumps
+    quote = encode_basestring  # json.dumps(text, ensure_ascii=False) for a str, without building an encoder
     sections: dict[str, list[str]] = {}
     count = 0
     for item in items:
         count += 1
         encoded = item.extra.get("metadata_json")
         if encoded is not None and item.kind in _SINGLE and not item.extra.get("media_metadata"):
-            text = (
-                f'{{"objectUrl":{dumps(item.url, ensure_ascii=False)},"title":{dumps(item.title, ensure_ascii=False)},'
-                f'"clientMetadata":{encoded}}}'
-            )
+            text = f'{{"objectUrl":{quote(item.url)},"title":{quote(item.title)},"clientMetadata":{encoded}}}'
         else:
             text = dumps(manifest_entry(item), ensure_ascii=False, separators=(",", ":"))
         sections.setdefault(SECTION[item.kind], []).append(text)

@@ -18,8 +18,8 @@ class KeyStats:
     values: set[str] = field(default_factory=set)
     lengths: set[int] = field(default_factory=set)
 
-    def add(self, value: Any) -> None:
-        self.count += 1
+    def add(self, value: Any, times: int = 1) -> None:
+        self.count += times
         if type(value) is str:  # by far the most common: keep it cheap
             self.types.add("string")
             if len(self.values) < MAX_VALUES and len(value) <= 200:
@@ -43,12 +43,13 @@ class Observed:
 
     keys: dict[str, KeyStats] = field(default_factory=dict)
 
-    def observe(self, metadata: dict[str, Any]) -> None:
+    def observe(self, metadata: dict[str, Any], times: int = 1) -> None:
+        """`metadata` as sent by `times` items (callers count repeats of one dict once)."""
         for key, value in metadata.items():
             stats = self.keys.get(key)
             if stats is None:
                 stats = self.keys[key] = KeyStats()
-            stats.add(value)
+            stats.add(value, times)
 
     def merge(self, other: Observed) -> None:
         for key, stats in other.keys.items():

@@ -23,19 +23,26 @@ from tasks.manifest_only import write_manifests
 from tasks.run import IngestParams
 
 OBJECTS = 200_000
+PER_SITE = 10_000
 
 
 class GeneratedStore:
     scheme = "s3"
     bucket = "generated"
 
-    def refs(self) -> Iterator[ObjectRef]:
-        for n in range(OBJECTS):
-            yield ObjectRef(f"site{n // 10_000:03d}/cam{n // 1000 % 10:02d}/frame_{n:07d}.jpg", 1024 + n % 97, "e" * 32)
+    def refs(self, prefix: str = "") -> Iterator[ObjectRef]:
+        """Keys `siteSSS/camCC/frame_N.jpg` in order; a `siteSSS/` prefix generates only that site."""
+        start, stop = 0, OBJECTS
+        if prefix:
+            site = int(prefix.removeprefix("site").rstrip("/"))
+            start, stop = site * PER_SITE, (site + 1) * PER_SITE
+        for n in range(start, stop):
+            key = f"site{n // PER_SITE:03d}/cam{n // 1000 % 10:02d}/frame_{n:07d}.jpg"
+            yield ObjectRef(key, 1024 + n % 97, "e" * 32)
 
     def list_pages(self, prefix: str, *, page_size: int = 1000) -> Iterator[list[ObjectRef]]:
         page: list[ObjectRef] = []
-        for ref in self.refs():
+        for ref in self.refs(prefix):
             page.append(ref)
             if len(page) == page_size:
                 yield page
@@ -44,7 +51,8 @@ class GeneratedStore:
             yield page
 
     def list_level(self, prefix: str) -> Iterator[tuple[list[str], list[ObjectRef]]]:
-        yield [], []
+        assert prefix == "", "the pipeline fans out from the source's prefix only"
+        yield [f"site{s:03d}/" for s in range(OBJECTS // PER_SITE)], []
 
     def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
         raise FileNotFoundError(key)

@@ -19,7 +19,7 @@ def write_tables(directory: Path, rows: int) -> dict[str, Path]:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    keys = list(synthetic_keys(rows))
+    keys = [key for _, key in synthetic_keys(rows)]
     table = pa.table(
         {
             "key": keys,
