@@ -35,10 +35,12 @@ MOTO_SUITES: tuple[ModuleType, ...] = (listing, e2e)
 LOCAL_SUITES: tuple[ModuleType, ...] = (synthetic, tables)
 ORDER = (
     "listing_vs_bare",
+    "listing_vs_bare_s3_latency",
     "synthetic_per_core",
     "peak_rss_ratio",
     "prefect_tasks_per_1k",
     "rerun_vs_bare",
+    "rerun_vs_bare_s3_latency",
     "e2e_registered_per_s",
     "table_join",
     "naive_vs_ours",
@@ -49,6 +51,8 @@ NOTES = {
     "baseline. moto answers plain ListObjectsV2 from a sorted snapshot (bench/moto_seeded.py; stock moto "
     "rescans the bucket per page and lists ~1k keys/s at 100k, `--stock-moto`). Also measured with 0.1 s "
     "added per page (S3-like).",
+    "listing_vs_bare_s3_latency": "the same two runs with 0.1 s added to every listing page by the server "
+    "(what a real S3 page costs): does the pipeline hide the listing's latency? (default `--fanout 4`)",
     "synthetic_per_core": "the same `manifest` path over a zero-I/O source (bench/synthetic.py, a sidecar beside "
     "every 10th object), objects per CPU-second of the process.",
     "peak_rss_ratio": "peak RSS (`ru_maxrss`) of two fresh `manifest` processes, 1M vs 100k synthetic objects.",
@@ -56,6 +60,7 @@ NOTES = {
     "ingested them.",
     "rerun_vs_bare": "the flow again over the unchanged bucket (every object skipped through the ledger) against "
     "the fastest bare listing.",
+    "rerun_vs_bare_s3_latency": "the no-change re-run and the fastest bare listing, both with 0.1 s per page.",
     "e2e_registered_per_s": "the Prefect flow (`flows.ingest.ingest`) from moto into the Encord emulator, 100k "
     "objects, local Prefect server; all servers share the 2 cores.",
     "table_join": "`table:` metadata via `MetadataPlan.build` + `MetadataPlan.cheap` per 1,000-object batch over a "
