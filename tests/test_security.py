@@ -7,6 +7,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from integrations.servers import make_keypair
 
 PLANTED_AWS = "PLANTED-aws-secret-7Qx2Lk9v"
@@ -102,3 +104,33 @@ def test_keys_that_need_encoding_register_end_to_end(cli: Any, emulator: Any, s3
     result = cli("ingest", f"s3://{bucket}/", "--folder", "odd", "--integration", "local-aws", "--json")
     assert result.code == 0, result.stderr[-2000:]
     assert sorted(i["url"] for i in emulator.state()["items"]) == sorted(f"s3://{bucket}/{k}" for k in keys)
+
+
+def test_lean_s3_listing_reads_the_same_objects_as_stock_boto3(
+    s3: Any, aws: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing client's own `<Contents>` reader against botocore's parser, on keys that need escaping."""
+    from integrations.storage import s3_contents
+    from integrations.storage.s3 import S3Store
+
+    for name, value in aws.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"lean-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    keys = ["with space.jpg", "ünïcode/ß.png", "q?mark#hash+plus.jpg", "a%20b.jpg", "amp&lt;<>'\".jpg", "tab\tx.jpg"]
+    keys += [f"many/{i:03d}.jpg" for i in range(25)]
+    for i, key in enumerate(keys):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x" * (i + 1))
+    store = S3Store(bucket)
+    page = store.lister.list_objects_v2(Bucket=bucket, MaxKeys=10)
+    assert s3_contents.RESULT_KEY in page and "Contents" not in page, "the lean reader is installed"
+    stock = [
+        (o["Key"], o["Size"], o["ETag"].strip('"'))
+        for p in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, PaginationConfig={"PageSize": 10})
+        for o in p.get("Contents", ())
+    ]
+    lean = [(r.key, r.size, r.etag) for p in store.list_pages("", page_size=10) for r in p]
+    assert lean == stock and sorted(k for k, _, _ in lean) == sorted(keys)
+    level = list(store.list_level(""))
+    assert sorted(p for prefixes, _ in level for p in prefixes) == ["many/", "ünïcode/"]
+    assert len([r for _, objects in level for r in objects]) == len(keys) - 26

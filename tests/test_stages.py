@@ -358,3 +358,24 @@ class TestSourcesAndListing:
         for spec in ("path:(no-group)", "path:(?P<x>", "nope", "set:=1", "table:"):
             with pytest.raises(UsageError):
                 MetadataPlan.build([spec], url_base="s3://b/")
+
+
+def test_s3_contents_reader_handles_field_order_escapes_and_url_encoding() -> None:
+    from integrations.storage.s3_contents import parse_contents
+
+    body = (
+        '<?xml version="1.0"?><ListBucketResult><IsTruncated>true</IsTruncated>'
+        "<Contents><Size>12</Size><Key>a%2Bb+c.jpg</Key><ETag>&quot;e1&quot;</ETag>"
+        "<LastModified>2026-01-01T00:00:00.000Z</LastModified><StorageClass>STANDARD</StorageClass></Contents>"
+        "<Contents><Key>x%26y%3C.png</Key><LastModified>t</LastModified><ETag>&quot;e2&quot;</ETag>"
+        "<Size>0</Size></Contents><EncodingType>url</EncodingType>"
+        "<NextContinuationToken>tok</NextContinuationToken></ListBucketResult>"
+    )
+    refs, rest = parse_contents(body)
+    assert [(r.key, r.size, r.etag, r.last_modified) for r in refs] == [
+        ("a+b c.jpg", 12, "e1", "2026-01-01T00:00:00.000Z"),
+        ("x&y<.png", 0, "e2", "t"),
+    ]
+    assert "<Contents>" not in rest and "<NextContinuationToken>tok</NextContinuationToken>" in rest
+    plain, _ = parse_contents(body.replace("<EncodingType>url</EncodingType>", "").replace("%2B", "&amp;&#x80;"))
+    assert plain[0].key == "a&\x80b+c.jpg", "without EncodingType=url only XML escapes are undone"

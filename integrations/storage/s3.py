@@ -14,6 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from encord_ingest.errors import AbortError, CredentialsError, SourceNotFoundError
 from encord_ingest.models import ObjectRef
+from integrations.storage import s3_contents
 from integrations.storage.base import ObjectInfo
 
 _CREDENTIAL_CODES = {
@@ -34,17 +35,26 @@ _CONFIG = Config(
 
 
 def _listing_client() -> Any:
-    """A client for listings only, with two costs removed (65 -> about 21 µs of CPU per key).
+    """A client for listings only, with three costs removed (65 -> about 6 µs of CPU per key).
 
-    Timestamps stay the strings S3 sent (no dateutil parse per key), and the check for errors
+    Timestamps stay the strings S3 sent (no dateutil parse per key), the check for errors
     hidden in 200 responses - which S3 sends for copy and multipart completion, not for lists -
-    is not run on every page. Credentials, endpoint and retries are the standard ones.
+    is not run on every page, and `<Contents>` is read by `s3_contents` instead of botocore's
+    generic XML walk. Credentials, endpoint, retries and error parsing are the standard ones.
     """
     core = botocore.session.get_session()
     core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
     client = boto3.session.Session(botocore_session=core).client("s3", config=_CONFIG)
     client.meta.events.unregister("before-parse.s3.*", botocore.handlers._handle_200_error)
+    s3_contents.install(client)
     return client
+
+
+def _page_refs(page: dict[str, Any]) -> list[ObjectRef]:
+    fast = page.get(s3_contents.RESULT_KEY)
+    if fast is not None:
+        return fast  # type: ignore[no-any-return]
+    return [_ref(o) for o in page.get("Contents", ())]
 
 
 def _ref(obj: dict[str, Any]) -> ObjectRef:
@@ -94,9 +104,9 @@ class S3Store:
         pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size})
         try:
             for page in pages:
-                contents = page.get("Contents")
-                if contents:
-                    yield [_ref(o) for o in contents]
+                refs = _page_refs(page)
+                if refs:
+                    yield refs
         except (ClientError, BotoCoreError) as exc:
             raise self._translate(exc, None) from None
 
@@ -105,7 +115,7 @@ class S3Store:
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
                 prefixes = [p["Prefix"] for p in page.get("CommonPrefixes", ())]
-                yield prefixes, [_ref(o) for o in page.get("Contents", ())]
+                yield prefixes, _page_refs(page)
         except (ClientError, BotoCoreError) as exc:
             raise self._translate(exc, None) from None
 
