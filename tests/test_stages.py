@@ -379,3 +379,22 @@ def test_s3_contents_reader_handles_field_order_escapes_and_url_encoding() -> No
     assert "<Contents>" not in rest and "<NextContinuationToken>tok</NextContinuationToken>" in rest
     plain, _ = parse_contents(body.replace("<EncodingType>url</EncodingType>", "").replace("%2B", "&amp;&#x80;"))
     assert plain[0].key == "a&\x80b+c.jpg", "without EncodingType=url only XML escapes are undone"
+
+
+def test_s3_contents_reader_one_pass_and_block_by_block_agree() -> None:
+    """S3's element order (with checksum elements) takes the one-pass path; any other order the block path."""
+    from integrations.storage.s3_contents import parse_contents
+
+    ordered = (
+        "<Contents><Key>k%201</Key><LastModified>m1</LastModified><ETag>&quot;e1&quot;</ETag>"
+        "<ChecksumAlgorithm>CRC32</ChecksumAlgorithm><ChecksumType>FULL_OBJECT</ChecksumType><Size>5</Size>"
+        "<StorageClass>STANDARD</StorageClass></Contents>"
+        "<Contents><Key>k2</Key><LastModified>m2</LastModified><ETag>e&amp;2</ETag><Size>7</Size></Contents>"
+    )
+    k2 = "<Key>k2</Key><LastModified>m2</LastModified>"
+    shuffled = ordered.replace(k2, "<LastModified>m2</LastModified><Key>k2</Key>")
+    for contents in (ordered, shuffled):
+        refs, rest = parse_contents(f"<ListBucketResult>{contents}<EncodingType>url</EncodingType></ListBucketResult>")
+        seen = [(r.key, r.size, r.etag, r.last_modified) for r in refs]
+        assert seen == [("k 1", 5, "e1", "m1"), ("k2", 7, "e&2", "m2")]
+        assert rest == "<ListBucketResult><EncodingType>url</EncodingType></ListBucketResult>"

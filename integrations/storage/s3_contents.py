@@ -21,6 +21,12 @@ from encord_ingest.models import ObjectRef
 RESULT_KEY = "FastContents"
 
 _CONTENTS = re.compile(r"<Contents>(.*?)</Contents>", re.S)
+# S3's own element order (Key, LastModified, ETag, [checksums], Size, ...), read in one pass;
+# a page in another order, or with a field missing, is read block by block instead.
+_ORDERED = re.compile(
+    r"<Contents><Key>([^<]*)</Key><LastModified>([^<]*)</LastModified><ETag>([^<]*)</ETag>"
+    r"(?:<(?!Size>)(\w+)>[^<]*</\4>)*<Size>([0-9]+)</Size>"
+)
 _FIELD = re.compile(r"<(Key|LastModified|ETag|Size)>(.*?)</\1>", re.S)
 _URL_ENCODED = re.compile(r"<EncodingType>\s*url\s*</EncodingType>")
 
@@ -41,25 +47,35 @@ def _text(value: str) -> str:
     return _ENTITY.sub(_entity, value) if "&" in value else value
 
 
+def _etag(value: str) -> str:
+    if value.startswith("&quot;") and value.endswith("&quot;") and "&" not in value[6:-6]:
+        return value[6:-6]
+    return _text(value).strip('"')
+
+
 def parse_contents(body: str) -> tuple[list[ObjectRef], str]:
     """The objects of one page, in order, and the page without them."""
+    blocks = body.count("<Contents>")
+    if not blocks:
+        return [], body
     url_encoded = _URL_ENCODED.search(body) is not None
+    rows = [(key, modified, etag, size) for key, modified, etag, _, size in _ORDERED.findall(body)]
+    if len(rows) != blocks:
+        rows = []
+        for block in _CONTENTS.findall(body):
+            fields = dict(_FIELD.findall(block))
+            rows.append(
+                (fields["Key"], fields.get("LastModified", ""), fields.get("ETag", ""), fields.get("Size") or "0")
+            )
     refs: list[ObjectRef] = []
     append = refs.append
-    for block in _CONTENTS.findall(body):
-        fields = dict(_FIELD.findall(block))
-        key = _text(fields["Key"])
-        if url_encoded:
+    for key, modified, etag, size in rows:
+        if "&" in key:
+            key = _text(key)
+        if url_encoded and ("%" in key or "+" in key):
             key = unquote_str(key)
-        append(
-            ObjectRef(
-                key=key,
-                size=int(fields.get("Size") or 0),
-                etag=_text(fields.get("ETag", "")).strip('"'),
-                last_modified=fields.get("LastModified", ""),
-            )
-        )
-    return refs, _CONTENTS.sub("", body) if refs else body
+        append(ObjectRef(key, int(size), _etag(etag), "", modified))
+    return refs, _CONTENTS.sub("", body)
 
 
 def _before_parse(response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any) -> None:
