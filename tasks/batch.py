@@ -200,9 +200,9 @@ class _Batch:
             self.reconcile(rows, {url: e.obj.key for url, e in zip(urls, self.entries, strict=True)})
         work: list[_Work] = []
         salt = ctx.plan.digest + ctx.schema.digest
-        reprs: dict[int, str] = {}  # layers shared by many entries of this batch, rendered once
+        texts: dict[tuple[int, ...], str] = {}  # layers shared by many entries of this batch, rendered once
         for entry, url, c in zip(self.entries, urls, cheap, strict=True):
-            fp = ctx.plan.fingerprint(entry, c, salt, reprs)
+            fp = ctx.plan.fingerprint(entry, c, salt, texts)
             row = rows.get(url)
             w = _Work(entry, url, c, fp, row)
             if url in self.reconciled and row is not None:
@@ -318,6 +318,7 @@ class _Batch:
         ctx = self.ctx
         new: list[_Work] = []
         updates: list[_Work] = []
+        by_layers: dict[tuple[int, ...], tuple[dict[str, Any], Any, str]] = {}
         for w in work:
             key = w.entry.obj.key
             if w.problem is not None:
@@ -335,8 +336,16 @@ class _Batch:
             if w.cheap.problem is not None and group is None:
                 self.fail(w, "metadata", w.cheap.problem.rule, w.cheap.problem.message)
                 continue
-            merged = ctx.plan.merge(w.cheap, w.sidecar, w.object_meta, w.dicom.tags if w.dicom else None)
-            metadata, violation, encoded = self._validate(merged)
+            if w.sidecar is None and w.object_meta is None and w.dicom is None:
+                # only listing-derived layers, mostly shared dicts: merge and validate once per combination
+                shared = tuple(map(id, w.cheap.layers))  # the layers live as long as the batch
+                hit = by_layers.get(shared)
+                if hit is None:
+                    hit = by_layers[shared] = self._validate(ctx.plan.merge(w.cheap, None, None, None))
+                metadata, violation, encoded = hit
+            else:
+                merged = ctx.plan.merge(w.cheap, w.sidecar, w.object_meta, w.dicom.tags if w.dicom else None)
+                metadata, violation, encoded = self._validate(merged)
             if group is not None:
                 problem = w.cheap.problem.message if w.cheap.problem else (violation.reason if violation else "")
                 self._stage(w, group, metadata, problem)

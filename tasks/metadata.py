@@ -144,6 +144,10 @@ class Cheap:
     problem: MetadataError | None = None
 
 
+def _layers_text(layers: Sequence[dict[str, Any] | None]) -> str:
+    return "\x1f".join(repr(sorted(layer.items())) if layer else "-" for layer in layers)
+
+
 def _stable(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str, ensure_ascii=False, separators=(",", ":"))
 
@@ -194,6 +198,7 @@ class MetadataPlan:
         keys = [e.obj.key for e in entries]
         looked_up = {i: t.lookup(keys) for i, t in self.tables.items()}
         path_layers: dict[tuple[int, tuple[str | None, ...]], dict[str, Any]] = {}
+        constants = {n: {s.name: s.value} for n, s in enumerate(self.specs) if isinstance(s, SetSpec)}
         empty: dict[str, Any] = {}
         out: list[Cheap] = []
         for entry in entries:
@@ -220,30 +225,33 @@ class MetadataPlan:
                         row = empty
                     layer = row
                 elif isinstance(spec, SetSpec):
-                    layer = {spec.name: spec.value}
+                    layer = constants[n]
                 layers.append(layer)
             out.append(Cheap(layers, problem))
         return out
 
-    def fingerprint(self, entry: Entry, cheap: Cheap, salt: str, reprs: dict[int, str] | None = None) -> str:
+    def fingerprint(
+        self, entry: Entry, cheap: Cheap, salt: str, texts: dict[tuple[int, ...], str] | None = None
+    ) -> str:
         """Everything the object's metadata comes from, hashed: equal means nothing to re-read.
 
         `salt` is the plan's and the schema's digests, computed once per run by the caller. Layers
         are rendered with repr of sorted items (stable for the JSON-like values they hold) - this
-        runs for every listed object, so it avoids a JSON encoder. `reprs` caches the rendering of
-        layer objects shared within one batch (by id: the caller keeps the layers alive).
+        runs for every listed object, so it avoids a JSON encoder. `texts` caches the rendering of
+        a combination of layer objects shared within one batch (by id: the caller keeps the layers
+        alive); the hashed text is the same either way, so ledgers stay valid.
         """
         obj = entry.obj
+        layers = cheap.layers
         parts = [salt, obj.etag, str(obj.size), obj.last_modified]
-        for layer in cheap.layers:
-            if not layer:
-                parts.append("-")
-            elif reprs is None:
-                parts.append(repr(sorted(layer.items())))
+        if layers:
+            if texts is None:
+                parts.append(_layers_text(layers))
             else:
-                text = reprs.get(id(layer))
+                ids = tuple(map(id, layers))
+                text = texts.get(ids)
                 if text is None:
-                    text = reprs[id(layer)] = repr(sorted(layer.items()))
+                    text = texts[ids] = _layers_text(layers)
                 parts.append(text)
         sidecar = entry.sidecar
         if sidecar is not None and self.uses_sidecar:

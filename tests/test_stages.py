@@ -398,3 +398,41 @@ def test_s3_contents_reader_one_pass_and_block_by_block_agree() -> None:
         seen = [(r.key, r.size, r.etag, r.last_modified) for r in refs]
         assert seen == [("k 1", 5, "e1", "m1"), ("k2", 7, "e&2", "m2")]
         assert rest == "<ListBucketResult><EncodingType>url</EncodingType></ListBucketResult>"
+
+
+def test_fingerprints_keep_their_text_whatever_is_cached() -> None:
+    """Ledgers written by earlier versions stay valid: the hashed text is fixed, shared layers or not."""
+    import hashlib
+
+    from encord_ingest.models import Entry, ObjectRef
+    from tasks.metadata import MetadataPlan
+
+    plan = MetadataPlan.build([r"path:(?P<site>site\d+)/", "set:team=a", "sidecar"], url_base="s3://b/")
+    entries = [
+        Entry(ObjectRef("site1/x.jpg", 3, "e1", "", "m1"), ObjectRef("site1/x.jpg.metadata.json", 9, "e9", "", "m9")),
+        Entry(ObjectRef("site1/y.jpg", 4, "e2", "", "m2")),
+        Entry(ObjectRef("other/z.jpg", 5, "e3", "", "m3")),
+    ]
+    cheap = plan.cheap(entries, lambda key: key)
+    texts: dict[tuple[int, ...], str] = {}
+    cached = [plan.fingerprint(e, c, "salt", texts) for e, c in zip(entries, cheap, strict=True)]
+    plain = [plan.fingerprint(e, c, "salt") for e, c in zip(entries, cheap, strict=True)]
+    first = "\x1f".join(
+        [
+            "salt",
+            "e1",
+            "3",
+            "m1",
+            "[('site', 'site1')]",
+            "[('team', 'a')]",
+            "-",
+            "site1/x.jpg.metadata.json",
+            "e9",
+            "9",
+            "m9",
+        ]
+    )
+    assert cached == plain
+    assert cached[0] == hashlib.blake2b(first.encode(), digest_size=16).hexdigest()
+    assert cheap[0].layers[0] is cheap[1].layers[0], "equal path groups share one layer"
+    assert len(set(cached)) == 3 and len(texts) == 2
