@@ -201,8 +201,9 @@ class _Batch:
         work: list[_Work] = []
         salt = ctx.plan.digest + ctx.schema.digest
         texts: dict[tuple[int, ...], str] = {}  # layers shared by many entries of this batch, rendered once
+        fingerprint = ctx.plan.fingerprint if ctx.ledger is not None else None  # only the ledger reads them
         for entry, url, c in zip(self.entries, urls, cheap, strict=True):
-            fp = ctx.plan.fingerprint(entry, c, salt, texts)
+            fp = fingerprint(entry, c, salt, texts) if fingerprint is not None else ""
             row = rows.get(url)
             w = _Work(entry, url, c, fp, row)
             if url in self.reconciled and row is not None:
@@ -353,18 +354,14 @@ class _Batch:
             if violation is not None:
                 self.fail(w, "validate", violation.rule, violation.reason)
                 continue
-            rel = ctx.source.relative(key)
-            title = key if ctx.options.title_from == "key" else (rel or key)
-            w.item = Item(kind, key, w.url, title, [w.entry], [w.url], metadata)
-            if w.media:
-                w.item.extra["media_metadata"] = w.media
-            w.item.fingerprint = w.fingerprint
+            title = key if ctx.options.title_from == "key" else (ctx.source.relative(key) or key)
             mhash = self.hashes.get(encoded)
             if mhash is None:
                 mhash = self.hashes[encoded] = metadata_hash(metadata, encoded)
-            w.item.metadata_hash = mhash
-            w.item.extra["entry_size"] = entry_size_estimate(w.url, title, encoded)
-            w.item.extra["metadata_json"] = encoded
+            extra = {"entry_size": entry_size_estimate(w.url, title, encoded), "metadata_json": encoded}
+            if w.media:
+                extra["media_metadata"] = w.media
+            w.item = Item(kind, key, w.url, title, [w.entry], [w.url], metadata, w.fingerprint, mhash, extra)
             row = w.row
             registered = row is not None and row.state == State.REGISTERED and bool(row.data_hash)
             if registered and w.content_changed and ctx.options.on_content_change == "reimport":

@@ -68,18 +68,27 @@ def _paired(source: Source, opts: ListingOptions, pages: Iterable[list[ObjectRef
     pairer = SidecarPairer(opts.sidecar_suffix)
     accepts = opts.key_filter.accepts
     rel = source.relative
+    everything = opts.key_filter.include is None and opts.key_filter.exclude is None
     for page in pages:
         out = pairer.feed(page)
-        yield Chunk(
-            stream, [e for e in out.entries if accepts(rel(e.obj.key))], [o for o in out.orphans if accepts(rel(o.key))]
-        )
+        if everything:
+            yield Chunk(stream, out.entries, out.orphans)
+        else:
+            yield Chunk(
+                stream,
+                [e for e in out.entries if accepts(rel(e.obj.key))],
+                [o for o in out.orphans if accepts(rel(o.key))],
+            )
     out = pairer.finish()
-    yield Chunk(
-        stream,
-        [e for e in out.entries if accepts(rel(e.obj.key))],
-        [o for o in out.orphans if accepts(rel(o.key))],
-        last=True,
-    )
+    if everything:
+        yield Chunk(stream, out.entries, out.orphans, last=True)
+    else:
+        yield Chunk(
+            stream,
+            [e for e in out.entries if accepts(rel(e.obj.key))],
+            [o for o in out.orphans if accepts(rel(o.key))],
+            last=True,
+        )
 
 
 def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:

@@ -72,13 +72,27 @@ class SidecarPairer:
 
     def feed(self, page: Iterable[ObjectRef]) -> Paired:
         out = Paired()
+        entries, orphans = out.entries, out.orphans
+        open_groups = self._open
         for ref in page:
             key = ref.key
-            if self._open:
-                closed = [p for p in self._open if key > p and not key.startswith(p)]
+            if len(open_groups) == 1:  # the common case, kept cheap: one group open
+                prefix = next(iter(open_groups))
+                if key > prefix and not key.startswith(prefix):
+                    group = open_groups.pop(prefix)
+                    if len(group) == 1:  # an object alone in its group
+                        only = group[0]
+                        if is_json(only.key):
+                            orphans.append(only)
+                        else:
+                            entries.append(Entry(only))
+                    else:
+                        self._merge(out, _resolve(group, self.suffix))
+            elif open_groups:
+                closed = [p for p in open_groups if key > p and not key.startswith(p)]
                 for prefix in closed:
-                    self._merge(out, _resolve(self._open.pop(prefix), self.suffix))
-            self._open.setdefault(group_prefix(key), []).append(ref)
+                    self._merge(out, _resolve(open_groups.pop(prefix), self.suffix))
+            open_groups.setdefault(group_prefix(key), []).append(ref)
         return out
 
     def finish(self) -> Paired:
