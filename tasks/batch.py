@@ -147,8 +147,6 @@ class _Batch:
         self.reconciled: dict[str, str] = {}
         self.staged: list[dict[str, Any]] = []
         self.touched: list[str] = []
-        self.hashes: dict[str, str] = {}  # metadata hash by encoded metadata (shared metadata repeats)
-        self.sent: dict[int, tuple[dict[str, Any], int]] = {}  # metadata dicts sent, by id: (dict, items)
 
     # -- outcomes ---------------------------------------------------------------------------
     def _row(self, w: _Work, state: str, **extra: Any) -> None:
@@ -319,7 +317,9 @@ class _Batch:
         ctx = self.ctx
         new: list[_Work] = []
         updates: list[_Work] = []
-        by_layers: dict[tuple[int, ...], tuple[dict[str, Any], Any, str]] = {}
+        by_layers: dict[tuple[int, ...], tuple[dict[str, Any], Any, str]] = {}  # see below
+        hashes: dict[str, str] = {}  # metadata hash by encoded metadata (shared metadata repeats)
+        sent: dict[int, tuple[dict[str, Any], int]] = {}  # metadata dicts sent, by id: (dict, items)
         for w in work:
             key = w.entry.obj.key
             if w.problem is not None:
@@ -355,9 +355,9 @@ class _Batch:
                 self.fail(w, "validate", violation.rule, violation.reason)
                 continue
             title = key if ctx.options.title_from == "key" else (ctx.source.relative(key) or key)
-            mhash = self.hashes.get(encoded)
+            mhash = hashes.get(encoded)
             if mhash is None:
-                mhash = self.hashes[encoded] = metadata_hash(metadata, encoded)
+                mhash = hashes[encoded] = metadata_hash(metadata, encoded)
             extra = {"entry_size": entry_size_estimate(w.url, title, encoded), "metadata_json": encoded}
             if w.media:
                 extra["media_metadata"] = w.media
@@ -376,11 +376,10 @@ class _Batch:
                 updates.append(w)
             else:
                 new.append(w)
-            seen = self.sent.get(id(metadata))
-            self.sent[id(metadata)] = (metadata, seen[1] + 1 if seen else 1)
-        for metadata, items in self.sent.values():
+            seen = sent.get(id(metadata))
+            sent[id(metadata)] = (metadata, seen[1] + 1 if seen else 1)
+        for metadata, items in sent.values():
             self.report.observed.observe(metadata, items)
-        self.sent.clear()
         return new, updates
 
     def _validate(self, merged: dict[str, Any]) -> tuple[dict[str, Any], Any, str]:

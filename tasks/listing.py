@@ -25,7 +25,7 @@ from encord_ingest.crashpoints import crash_point
 from encord_ingest.models import Entry, ObjectRef
 from integrations.storage import Source
 from tasks.filters import KeyFilter
-from tasks.sidecars import DEFAULT_SIDECAR_SUFFIX, SidecarPairer
+from tasks.sidecars import DEFAULT_SIDECAR_SUFFIX, Paired, SidecarPairer
 
 T = TypeVar("T")
 PREFETCH_PAGES = 4
@@ -69,26 +69,15 @@ def _paired(source: Source, opts: ListingOptions, pages: Iterable[list[ObjectRef
     accepts = opts.key_filter.accepts
     rel = source.relative
     everything = opts.key_filter.include is None and opts.key_filter.exclude is None
+
+    def kept(out: Paired) -> tuple[list[Entry], list[ObjectRef]]:
+        if everything:  # no globs: nothing to test per key
+            return out.entries, out.orphans
+        return [e for e in out.entries if accepts(rel(e.obj.key))], [o for o in out.orphans if accepts(rel(o.key))]
+
     for page in pages:
-        out = pairer.feed(page)
-        if everything:
-            yield Chunk(stream, out.entries, out.orphans)
-        else:
-            yield Chunk(
-                stream,
-                [e for e in out.entries if accepts(rel(e.obj.key))],
-                [o for o in out.orphans if accepts(rel(o.key))],
-            )
-    out = pairer.finish()
-    if everything:
-        yield Chunk(stream, out.entries, out.orphans, last=True)
-    else:
-        yield Chunk(
-            stream,
-            [e for e in out.entries if accepts(rel(e.obj.key))],
-            [o for o in out.orphans if accepts(rel(o.key))],
-            last=True,
-        )
+        yield Chunk(stream, *kept(pairer.feed(page)))
+    yield Chunk(stream, *kept(pairer.finish()), last=True)
 
 
 def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:

@@ -41,13 +41,17 @@ def is_json(key: str) -> bool:
     return key.endswith(".json") or key[-5:].lower() == ".json"
 
 
-def _resolve(group: list[ObjectRef], suffix: str) -> Paired:
+def _resolve(group: list[ObjectRef], suffix: str, out: Paired) -> None:
+    """A closed group into `out`: each data object with its most specific sidecar, unused JSON as orphans."""
     if len(group) == 1:  # the common case: an object alone in its group
         ref = group[0]
-        return Paired(orphans=[ref]) if is_json(ref.key) else Paired(entries=[Entry(ref, None)])
+        if is_json(ref.key):
+            out.orphans.append(ref)
+        else:
+            out.entries.append(Entry(ref))
+        return
     by_key = {ref.key: ref for ref in group}
     used: set[str] = set()
-    out = Paired()
     for ref in group:
         if is_json(ref.key):
             continue
@@ -59,8 +63,7 @@ def _resolve(group: list[ObjectRef], suffix: str) -> Paired:
                 used.add(candidate)
                 break
         out.entries.append(Entry(ref, sidecar))
-    out.orphans = [ref for ref in group if is_json(ref.key) and ref.key not in used]
-    return out
+    out.orphans.extend(ref for ref in group if is_json(ref.key) and ref.key not in used)
 
 
 class SidecarPairer:
@@ -72,40 +75,25 @@ class SidecarPairer:
 
     def feed(self, page: Iterable[ObjectRef]) -> Paired:
         out = Paired()
-        entries, orphans = out.entries, out.orphans
         open_groups = self._open
         for ref in page:
             key = ref.key
             if len(open_groups) == 1:  # the common case, kept cheap: one group open
                 prefix = next(iter(open_groups))
                 if key > prefix and not key.startswith(prefix):
-                    group = open_groups.pop(prefix)
-                    if len(group) == 1:  # an object alone in its group
-                        only = group[0]
-                        if is_json(only.key):
-                            orphans.append(only)
-                        else:
-                            entries.append(Entry(only))
-                    else:
-                        self._merge(out, _resolve(group, self.suffix))
+                    _resolve(open_groups.pop(prefix), self.suffix, out)
             elif open_groups:
-                closed = [p for p in open_groups if key > p and not key.startswith(p)]
-                for prefix in closed:
-                    self._merge(out, _resolve(open_groups.pop(prefix), self.suffix))
+                for prefix in [p for p in open_groups if key > p and not key.startswith(p)]:
+                    _resolve(open_groups.pop(prefix), self.suffix, out)
             open_groups.setdefault(group_prefix(key), []).append(ref)
         return out
 
     def finish(self) -> Paired:
         out = Paired()
         for group in self._open.values():
-            self._merge(out, _resolve(group, self.suffix))
+            _resolve(group, self.suffix, out)
         self._open.clear()
         return out
-
-    @staticmethod
-    def _merge(out: Paired, part: Paired) -> None:
-        out.entries.extend(part.entries)
-        out.orphans.extend(part.orphans)
 
 
 def pair_pages(pages: Iterable[list[ObjectRef]], suffix: str = DEFAULT_SIDECAR_SUFFIX) -> Iterator[Paired]:
