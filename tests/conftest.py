@@ -308,34 +308,6 @@ def _run(cmd: list[str], env: dict[str, str], timeout: float = 300) -> None:
     assert done.returncode == 0, f"{' '.join(cmd[:4])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
 
-def _start_worker(env: dict[str, str]) -> Proc:
-    """`prefect worker start` in its own process group, logging to a file (Proc.tail shows it)."""
-    import tempfile
-
-    tmp = tempfile.TemporaryDirectory(prefix="encord-ingest-worker-")
-    log = Path(tmp.name) / "worker.log"
-    prefect = str(Path(sys.executable).parent / "prefect")
-    with log.open("w") as out:
-        popen = subprocess.Popen(
-            [prefect, "worker", "start", "--pool", "encord-ingest", "--limit", "2"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )  # fmt: skip
-    return Proc(popen, "", Path(tmp.name), log, tmp)
-
-
-def _stop_worker(worker: Proc) -> None:
-    """SIGINT first, before the server stops: a worker that lost its server ignores SIGTERM."""
-    import signal
-
-    if worker.popen.poll() is None:
-        try:
-            os.killpg(worker.popen.pid, signal.SIGINT)
-            worker.popen.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-    worker.stop()
-
-
 @pytest.fixture(scope="session")
 def prefect_stack(
     tmp_path_factory: pytest.TempPathFactory, aws: dict[str, str], emulator_session: Emulator, keys: KeyPair, s3: Any
@@ -378,11 +350,11 @@ def prefect_stack(
         _run([python, "deployments/bootstrap.py", "--encord-key-file", str(keys.private)], env)
         prefect = str(Path(sys.executable).parent / "prefect")
         _run([prefect, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
-        worker = _start_worker(env)
+        worker = servers.start_prefect_worker(env, cwd=REPO, limit=2)
         yield PrefectStack(server, worker, env, bucket, env["ENCORD_INGEST_FOLDER"])
     finally:
         if worker is not None:
-            _stop_worker(worker)
+            servers.stop_prefect_worker(worker)
         server.stop()
 
 

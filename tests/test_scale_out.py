@@ -11,9 +11,7 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
 import uuid
@@ -40,7 +38,7 @@ from integrations.storage.file import FileStore
 from tasks import inventory as inv
 from tasks.listing import ListingOptions, ListingStats, iter_batches
 from tasks.shards import ShardSpec, plan_listing, plan_ranges, shard_pages
-from tests.conftest import REPO, _run, _stop_worker
+from tests.conftest import REPO, _run
 
 CSV_SCHEMA = "Bucket, Key, VersionId, IsLatest, IsDeleteMarker, Size, LastModifiedDate, ETag, StorageClass"
 
@@ -432,18 +430,6 @@ class ScaleStack:
         return "\n".join(f"--- worker {i}\n{w.tail(30)}" for i, w in enumerate(self.workers))
 
 
-def _worker(env: dict[str, str]) -> Proc:
-    tmp = tempfile.TemporaryDirectory(prefix="encord-ingest-scale-worker-")
-    log = Path(tmp.name) / "worker.log"
-    prefect = str(Path(sys.executable).parent / "prefect")
-    with log.open("w") as out:
-        popen = subprocess.Popen(
-            [prefect, "worker", "start", "--pool", "encord-ingest", "--limit", "3"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )  # fmt: skip
-    return Proc(popen, "", Path(tmp.name), log, tmp)
-
-
 @pytest.fixture
 def scale_stack(tmp_path: Path, aws: dict[str, str], keys: KeyPair, s3: Any) -> Iterator[ScaleStack]:
     bucket = f"scale-{uuid.uuid4().hex[:8]}"
@@ -493,11 +479,11 @@ def scale_stack(tmp_path: Path, aws: dict[str, str], keys: KeyPair, s3: Any) -> 
         _run([python, "deployments/bootstrap.py", *setup], env)
         prefect = str(Path(sys.executable).parent / "prefect")
         _run([prefect, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
-        workers = [_worker(env), _worker(env)]
+        workers = [servers.start_prefect_worker(env, cwd=REPO, limit=3) for _ in range(2)]
         yield ScaleStack(server, workers, emulator, env, bucket)
     finally:
         for worker in workers:
-            _stop_worker(worker)  # before the server: a worker that lost its server ignores SIGTERM
+            servers.stop_prefect_worker(worker)  # before the server: a worker that lost its server ignores SIGTERM
         server.stop()
         emulator.stop()
 
