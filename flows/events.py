@@ -10,7 +10,6 @@ instead of a listing; everything after that (ledger, manifests, upload jobs, art
 from __future__ import annotations
 
 import logging
-import time
 from typing import Annotated, Any
 
 from prefect import flow
@@ -18,9 +17,9 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 from pydantic import Field
 
-from encord_ingest.errors import IngestError, LedgerLockedError, UsageError
+from encord_ingest.errors import IngestError, UsageError
 from flows.credentials import load_secret_env
-from flows.ingest import run_ingest
+from flows.ingest import run_ingest, waiting_for_lease
 from integrations.storage import parse_source
 from tasks import artifacts
 from tasks.batch import RunContext
@@ -53,22 +52,17 @@ def check_bucket(params: IngestParams, bucket: str) -> None:
 
 def run_keys(params: IngestParams, keys: list[str], run_id: str, *, lease_wait: float) -> tuple[RunSummary, KeyedStats]:
     """Ingest `keys`; while another run holds the source's lease, wait (nothing is sent before the lease)."""
-    deadline = time.monotonic() + lease_wait
-    while True:
+
+    def attempt() -> tuple[RunSummary, KeyedStats]:
         stats = KeyedStats()
 
-        def batches(ctx: RunContext, stats: KeyedStats = stats) -> Any:
+        def batches(ctx: RunContext) -> Any:
             return keyed_batches(ctx.source, keys, ctx.listing, params.batch_size, stats, ctx.io)
 
-        try:
-            summary = run_ingest(params, run_id, batches=batches, stats=stats, label=f"{params.source} (event)")
-        except LedgerLockedError as exc:
-            if time.monotonic() + LEASE_RETRY_SECONDS > deadline:
-                raise
-            log.info("%s; retrying in %.0f s", exc, LEASE_RETRY_SECONDS)
-            time.sleep(LEASE_RETRY_SECONDS)
-            continue
+        summary = run_ingest(params, run_id, batches=batches, stats=stats, label=f"{params.source} (event)")
         return summary, stats
+
+    return waiting_for_lease(attempt, lease_wait=lease_wait, retry_seconds=LEASE_RETRY_SECONDS)
 
 
 @flow(name="encord-ingest-keys", flow_run_name=_run_name, log_prints=True)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import flow
 from prefect.futures import PrefectFuture, as_completed
@@ -12,7 +13,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect.utilities.annotations import quote
 
-from encord_ingest.errors import IngestError
+from encord_ingest.errors import IngestError, LedgerLockedError
 from encord_ingest.models import Entry
 from flows.credentials import load_secret_env
 from flows.downstream import after_ingest
@@ -25,6 +26,7 @@ from tasks.run import IngestParams, RunSummary, detect_deleted, drive, open_cont
 from tasks.wrappers import ingest_batch, ingest_group_batch
 
 log = logging.getLogger("encord_ingest.flow")
+T = TypeVar("T")
 
 
 def _run_name() -> str:
@@ -106,6 +108,20 @@ def run_ingest(
                 )
             )
     return summary
+
+
+def waiting_for_lease(attempt: Callable[[], T], *, lease_wait: float, retry_seconds: float) -> T:
+    """`attempt()`, tried again every `retry_seconds` while another run holds the source's lease,
+    for up to `lease_wait` seconds; nothing is sent before the lease is held."""
+    deadline = time.monotonic() + lease_wait
+    while True:
+        try:
+            return attempt()
+        except LedgerLockedError as exc:
+            if time.monotonic() + retry_seconds > deadline:
+                raise
+            log.info("%s; retrying in %.0f s", exc, retry_seconds)
+            time.sleep(retry_seconds)
 
 
 def retry_dead_letters(params: IngestParams, run_id: str) -> RunSummary:

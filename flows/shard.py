@@ -36,10 +36,10 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 from pydantic import Field
 
-from encord_ingest.errors import IngestError, LedgerLockedError
+from encord_ingest.errors import IngestError
 from encord_ingest.models import Entry
 from flows.credentials import load_secret_env
-from flows.ingest import run_ingest
+from flows.ingest import run_ingest, waiting_for_lease
 from integrations.encord.gateway import connect
 from integrations.ledger import Ledger, leases, runs
 from integrations.storage import open_source
@@ -75,30 +75,25 @@ def run_shard(
     """
     scoped = params.model_copy(update={"ledger_scope": shard.scope if shard else params.ledger_scope})
     inventory = inv_mod.load_inventory(params.inventory, account=params.account) if params.inventory else None
-    deadline = time.monotonic() + lease_wait
     label = f"{params.source} [{shard.label}]" if shard else f"{params.source} (inventory)"
-    while True:
+
+    def attempt() -> RunSummary:
         stats = ListingStats()
 
-        def batches(ctx: RunContext, stats: ListingStats = stats) -> Iterable[list[Entry]]:
+        def batches(ctx: RunContext) -> Iterable[list[Entry]]:
             if inventory is not None:
                 inv_mod.check_source(inventory, ctx.source.store.bucket)
             whole = ShardSpec(kind="prefix", prefix=ctx.source.prefix)
             pages = shard_pages(ctx.source, shard or whole, inventory, ctx.listing.page_size)
             return iter_batches(ctx.source, ctx.listing, scoped.batch_size, stats, pages=pages)
 
-        try:
-            summary = run_ingest(scoped, run_id, batches=batches, stats=stats, label=label, wrap_ctx=wrap_ctx)
-        except LedgerLockedError as exc:
-            if time.monotonic() + LEASE_RETRY_SECONDS > deadline:
-                raise
-            log.info("%s; retrying in %.0f s", exc, LEASE_RETRY_SECONDS)
-            time.sleep(LEASE_RETRY_SECONDS)
-            continue
-        dead = Path(scoped.state_dir) / "dead-letters" / f"{run_id}.jsonl"
-        if summary.dead_letter is None and dead.exists():  # written by Dask workers
-            summary.dead_letter = str(dead)
-        return summary
+        return run_ingest(scoped, run_id, batches=batches, stats=stats, label=label, wrap_ctx=wrap_ctx)
+
+    summary = waiting_for_lease(attempt, lease_wait=lease_wait, retry_seconds=LEASE_RETRY_SECONDS)
+    dead = Path(scoped.state_dir) / "dead-letters" / f"{run_id}.jsonl"
+    if summary.dead_letter is None and dead.exists():  # written by Dask workers
+        summary.dead_letter = str(dead)
+    return summary
 
 
 # -- Dask: batch tasks in other processes, each with a context of its own ---------------------------
