@@ -15,7 +15,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from integrations.storage.base import ObjectStore
+from integrations.storage.base import ObjectStore, RangeFile
 
 PREAMBLE_BYTES = 132
 FIRST_BLOCK = 8 * 1024
@@ -29,33 +29,17 @@ class HeaderTooLarge(Exception):
     pass
 
 
-class RangeReader(io.RawIOBase):
-    """A read-only, seekable view of one object that fetches only the bytes it is asked for."""
+class RangeReader(RangeFile):
+    """A `RangeFile` that fetches in growing blocks and keeps what it fetched (pydicom reads in
+    small steps and seeks back), up to `limit` bytes."""
 
     def __init__(self, store: ObjectStore, key: str, size: int, *, limit: int = MAX_HEADER_BYTES) -> None:
-        self.store = store
-        self.key = key
+        super().__init__(store, key, size)
         self.name = key  # pydicom records the file name of what it reads
-        self.size = size
         self.limit = limit
-        self.pos = 0
         self.buffer = b""  # bytes [0, len(buffer)) of the object
         self.fetched = 0
         self.block = FIRST_BLOCK
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
 
     def _ensure(self, end: int) -> None:
         end = min(end, self.size)

@@ -32,6 +32,7 @@ from urllib.parse import unquote_plus
 from encord_ingest.errors import ConfigError, UsageError
 from encord_ingest.models import ObjectRef
 from integrations.storage import ObjectStore, open_source
+from integrations.storage.base import RangeFile
 
 log = logging.getLogger("encord_ingest.inventory")
 
@@ -80,38 +81,6 @@ class InventoryStats:
     row_groups_skipped: int = 0
     rows: int = 0
     out_of_order: int = 0
-
-
-class RangeFile(io.RawIOBase):
-    """A read-only, seekable file over `store.read_range`, so readers never download whole files."""
-
-    def __init__(self, store: ObjectStore, key: str, size: int) -> None:
-        super().__init__()
-        self.store, self.key, self.size, self.pos = store, key, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        want = min(len(view), self.size - self.pos)
-        if want <= 0:
-            return 0
-        data = self.store.read_range(self.key, self.pos, want)
-        view[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
 
 
 def _open(store: ObjectStore, key: str, size: int) -> io.BufferedReader:

@@ -5,10 +5,11 @@ Listing is a generator of pages so no caller ever holds a whole bucket; reads ar
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from encord_ingest.models import ObjectRef
 
@@ -58,3 +59,35 @@ class ObjectStore(Protocol):
     def check_access(self, prefix: str) -> None:
         """Raise SourceNotFoundError / CredentialsError early, before anything is submitted."""
         ...
+
+
+class RangeFile(io.RawIOBase):
+    """A read-only, seekable file over `store.read_range`, so readers never download whole files."""
+
+    def __init__(self, store: ObjectStore, key: str, size: int) -> None:
+        super().__init__()
+        self.store, self.key, self.size, self.pos = store, key, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        want = min(len(view), self.size - self.pos)
+        if want <= 0:
+            return 0
+        data = self.store.read_range(self.key, self.pos, want)
+        view[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
