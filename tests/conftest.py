@@ -308,6 +308,42 @@ def _run(cmd: list[str], env: dict[str, str], timeout: float = 300) -> None:
     assert done.returncode == 0, f"{' '.join(cmd[:4])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
 
+def deployment_env(
+    aws: dict[str, str], server: Proc, home: Path, emulator_url: str, bucket: str, *, cron: str, query_seconds: int
+) -> dict[str, str]:
+    """What bootstrap, `prefect deploy` and the workers of a local deployment stack run with
+    (deployments/prefect.yaml reads the ENCORD_INGEST_* variables); nothing from the shell's Prefect setup."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ENCORD_"))},
+        **aws,
+        "PWD": str(REPO),
+        "PREFECT_API_URL": f"{server.url}/api",
+        "PREFECT_HOME": str(home / "client"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_WORKER_QUERY_SECONDS": str(query_seconds),
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "ENCORD_DOMAIN": emulator_url,
+        "ENCORD_INGEST_POLL_SECONDS": "2",
+        "ENCORD_INGEST_RETRY_WAIT": "0.05",
+        "ENCORD_INGEST_SCHEME": "s3",
+        "ENCORD_INGEST_BUCKET": bucket,
+        "ENCORD_INGEST_PREFIX": "data/",
+        "ENCORD_INGEST_FOLDER": f"folder-{bucket}",
+        "ENCORD_INGEST_INTEGRATION": "local-aws",
+        "ENCORD_INGEST_CRON": cron,
+        "ENCORD_INGEST_STATE_DIR": str(home / "state"),
+        "ENCORD_INGEST_SCHEMA": str(home / "schema.yaml"),
+    }
+
+
+def deploy(env: dict[str, str], *bootstrap_args: str) -> None:
+    """deployments/bootstrap.py (work pool, blocks, limits), then `prefect deploy --all` from prefect.yaml."""
+    _run([sys.executable, "deployments/bootstrap.py", *bootstrap_args], env)
+    prefect = str(Path(sys.executable).parent / "prefect")
+    _run([prefect, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
+
+
 @pytest.fixture(scope="session")
 def prefect_stack(
     tmp_path_factory: pytest.TempPathFactory, aws: dict[str, str], emulator_session: Emulator, keys: KeyPair, s3: Any
@@ -324,32 +360,9 @@ def prefect_stack(
     server = servers.start_prefect_server(home / "server")
     worker: Proc | None = None
     try:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ENCORD_"))},
-            **aws,
-            "PWD": str(REPO),
-            "PREFECT_API_URL": f"{server.url}/api",
-            "PREFECT_HOME": str(home / "client"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "DO_NOT_TRACK": "1",
-            "PREFECT_WORKER_QUERY_SECONDS": "3",
-            "PREFECT_LOGGING_LEVEL": "INFO",
-            "ENCORD_DOMAIN": emulator_session.url,  # the key comes from the Secret block, not the env
-            "ENCORD_INGEST_POLL_SECONDS": "2",
-            "ENCORD_INGEST_RETRY_WAIT": "0.05",
-            "ENCORD_INGEST_SCHEME": "s3",
-            "ENCORD_INGEST_BUCKET": bucket,
-            "ENCORD_INGEST_PREFIX": "data/",
-            "ENCORD_INGEST_FOLDER": f"folder-{bucket}",
-            "ENCORD_INGEST_INTEGRATION": "local-aws",
-            "ENCORD_INGEST_CRON": "* * * * *",
-            "ENCORD_INGEST_STATE_DIR": str(home / "state"),
-            "ENCORD_INGEST_SCHEMA": str(schema),
-        }
-        python = str(Path(sys.executable))
-        _run([python, "deployments/bootstrap.py", "--encord-key-file", str(keys.private)], env)
-        prefect = str(Path(sys.executable).parent / "prefect")
-        _run([prefect, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
+        # the key comes from the Secret block, not the env
+        env = deployment_env(aws, server, home, emulator_session.url, bucket, cron="* * * * *", query_seconds=3)
+        deploy(env, "--encord-key-file", str(keys.private))
         worker = servers.start_prefect_worker(env, cwd=REPO, limit=2)
         yield PrefectStack(server, worker, env, bucket, env["ENCORD_INGEST_FOLDER"])
     finally:

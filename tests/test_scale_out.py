@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
 import tracemalloc
 import uuid
@@ -38,7 +37,7 @@ from integrations.storage.file import FileStore
 from tasks import inventory as inv
 from tasks.listing import ListingOptions, ListingStats, iter_batches
 from tasks.shards import ShardSpec, plan_listing, plan_ranges, shard_pages
-from tests.conftest import REPO, _run
+from tests.conftest import REPO, deploy, deployment_env
 
 CSV_SCHEMA = "Bucket, Key, VersionId, IsLatest, IsDeleteMarker, Size, LastModifiedDate, ETag, StorageClass"
 
@@ -442,43 +441,13 @@ def scale_stack(tmp_path: Path, aws: dict[str, str], keys: KeyPair, s3: Any) -> 
     server = servers.start_prefect_server(tmp_path / "server")
     workers: list[Proc] = []
     try:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ENCORD_"))},
-            **aws,
-            "PWD": str(REPO),
-            "PREFECT_API_URL": f"{server.url}/api",
-            "PREFECT_HOME": str(tmp_path / "client"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "DO_NOT_TRACK": "1",
-            "PREFECT_WORKER_QUERY_SECONDS": "2",
-            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",  # Prefect's minimum; --crash-after below allows 2.5 beats
-            "PREFECT_LOGGING_LEVEL": "INFO",
-            "ENCORD_DOMAIN": emulator.url,
-            "ENCORD_INGEST_POLL_SECONDS": "2",
-            "ENCORD_INGEST_RETRY_WAIT": "0.05",
-            "ENCORD_INGEST_SCHEME": "s3",
-            "ENCORD_INGEST_BUCKET": bucket,
-            "ENCORD_INGEST_PREFIX": "data/",
-            "ENCORD_INGEST_FOLDER": f"folder-{bucket}",
-            "ENCORD_INGEST_INTEGRATION": "local-aws",
-            "ENCORD_INGEST_CRON": "0 0 1 1 *",
-            "ENCORD_INGEST_STATE_DIR": str(tmp_path / "state"),
-            "ENCORD_INGEST_SCHEMA": str(tmp_path / "schema.yaml"),
-        }
-        python = str(Path(sys.executable))
-        setup = [
-            "--encord-key-file",
-            str(keys.private),
-            "--api-rate",
-            "40",
-            "--api-concurrency",
-            "6",
-            "--crash-after",
-            "75",  # 45 s (1.5 beats) crashed a busy parent whose heartbeat arrived late on 2 loaded cores
-        ]
-        _run([python, "deployments/bootstrap.py", *setup], env)
-        prefect = str(Path(sys.executable).parent / "prefect")
-        _run([prefect, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
+        env = deployment_env(aws, server, tmp_path, emulator.url, bucket, cron="0 0 1 1 *", query_seconds=2)
+        env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = "30"  # Prefect's minimum; --crash-after below allows 2.5 beats
+        deploy(
+            env,
+            *("--encord-key-file", str(keys.private), "--api-rate", "40", "--api-concurrency", "6"),
+            *("--crash-after", "75"),  # 45 s (1.5 beats) crashed a busy parent whose heartbeat came late on 2 cores
+        )
         workers = [servers.start_prefect_worker(env, cwd=REPO, limit=3) for _ in range(2)]
         yield ScaleStack(server, workers, emulator, env, bucket)
     finally:
