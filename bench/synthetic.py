@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlparse
 
 from encord_ingest.models import ObjectRef
 from integrations.storage import Source
-from integrations.storage.base import ObjectInfo
+from integrations.storage.base import ObjectInfo, paged
 
 SCHEME = "synthetic"
 MODIFIED = "2026-01-01T00:00:00+00:00"
@@ -64,14 +64,7 @@ class SyntheticStore:
                 yield ObjectRef(key + ".metadata.json", 40, ETAG, "", MODIFIED)
 
     def list_pages(self, prefix: str, *, page_size: int = 1000) -> Iterator[list[ObjectRef]]:
-        page: list[ObjectRef] = []
-        for ref in self.refs(prefix):
-            page.append(ref)
-            if len(page) >= page_size:
-                yield page
-                page = []
-        if page:
-            yield page
+        yield from paged(self.refs(prefix), page_size)
 
     def list_level(self, prefix: str) -> Iterator[tuple[list[str], list[ObjectRef]]]:
         if prefix:  # a scan; the pipeline's fan-out asks for the root level only

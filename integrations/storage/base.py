@@ -6,8 +6,9 @@ Listing is a generator of pages so no caller ever holds a whole bucket; reads ar
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,6 +60,13 @@ class ObjectStore(Protocol):
     def check_access(self, prefix: str) -> None:
         """Raise SourceNotFoundError / CredentialsError early, before anything is submitted."""
         ...
+
+
+def paged(refs: Iterable[ObjectRef], page_size: int) -> Iterator[list[ObjectRef]]:
+    """Pages of `page_size` refs for stores whose listing is not paged by a service."""
+    it = iter(refs)
+    while page := list(islice(it, page_size)):
+        yield page
 
 
 class RangeFile(io.RawIOBase):

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from encord_ingest.errors import SourceNotFoundError
 from encord_ingest.models import ObjectRef
-from integrations.storage.base import ObjectInfo
+from integrations.storage.base import ObjectInfo, paged
 
 
 class FileStore:
@@ -50,16 +50,7 @@ class FileStore:
 
     def list_pages(self, prefix: str, *, page_size: int = 1000) -> Iterator[list[ObjectRef]]:
         directory, rel = self._start(prefix)
-        page: list[ObjectRef] = []
-        for ref in self._walk(directory, rel):
-            if not ref.key.startswith(prefix):
-                continue
-            page.append(ref)
-            if len(page) >= page_size:
-                yield page
-                page = []
-        if page:
-            yield page
+        yield from paged((ref for ref in self._walk(directory, rel) if ref.key.startswith(prefix)), page_size)
 
     def list_level(self, prefix: str) -> Iterator[tuple[list[str], list[ObjectRef]]]:
         directory, rel = self._start(prefix)
