@@ -64,6 +64,11 @@ class Context:
             except BenchError as exc:  # obstore is optional (see constraints.txt); boto3 then is the baseline
                 out["obstore_error"] = str(exc).splitlines()[0]
                 self.log(f"[yellow]obstore listing unavailable: {out['obstore_error']}[/]")
+            if "obstore" in out:  # is it a client a registration pipeline could list a real bucket with?
+                out["key_fidelity"] = run_worker("key_fidelity", {"endpoint": moto.url})
+                fid = out["key_fidelity"]
+                self.log(f"valid S3 keys listed unchanged: obstore {fid['obstore_exact']}/{fid['total']}, "
+                         f"boto3 {fid['boto3_exact']}/{fid['total']}")  # fmt: skip
             out["boto3"] = run_worker("list_boto3", args)
             self.log(f"bare boto3 listing: {out['boto3']['keys']:,} keys in {out['boto3']['seconds']:.2f}s")
             clients = [c for c in ("obstore", "boto3") if c in out]

@@ -44,6 +44,7 @@ ORDER = (
     "e2e_registered_per_s",
     "table_join",
     "naive_vs_ours",
+    "metadata_changes",
 )
 NOTES = {
     "listing_vs_bare": "`encord-ingest manifest s3://bench/` (real code path, `path:` metadata) against a bare "
@@ -67,6 +68,9 @@ NOTES = {
     "1M-object synthetic listing; load + join time, the synthetic listing's own time taken out.",
     "naive_vs_ours": "a hand-written loop: boto3 listing, then `add_private_data_to_folder_start` + "
     "`add_private_data_to_folder_get_result` per object (capped at 500 objects / 30 s), against the flow's rate.",
+    "metadata_changes": "after the runs above, a sidecar (`KEY.metadata.json`) is put beside 100 registered "
+    "objects spread over the bucket and the flow runs again: the metadata updates the Encord emulator received "
+    "(its `/_emulator/counters`), with nothing submitted anew.",
 }
 
 

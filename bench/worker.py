@@ -83,6 +83,55 @@ def list_obstore(args: dict[str, Any]) -> dict[str, Any]:
     return {"keys": keys, "seconds": wall, "cpu_seconds": cpu}
 
 
+# Valid S3 keys that a lister must return unchanged (the S3 console's "Create folder" makes the first).
+ODD_KEYS = (
+    "folder/",
+    "/leading-slash.jpg",
+    "trailing-slash.jpg/",
+    "a//double-slash.jpg",
+    "x/./dot-segment.jpg",
+    "x/../dot-dot-segment.jpg",
+    "control-\x01.jpg",
+    "space %20.jpg",
+    "\u00fcml\u00e4ut.jpg",
+)
+
+
+@job
+def key_fidelity(args: dict[str, Any]) -> dict[str, Any]:
+    """Each ODD_KEYS key alone in a bucket, listed by boto3 and by obstore: which come back unchanged."""
+    import obstore
+    from obstore.store import S3Store
+
+    client = _s3_client(args["endpoint"])
+    out: dict[str, Any] = {}
+    for i, key in enumerate(ODD_KEYS):
+        bucket = f"key-fidelity-{i}"
+        client.create_bucket(Bucket=bucket)
+        client.put_object(Bucket=bucket, Key=key, Body=b"x")
+        boto = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", ())]
+        store = S3Store(
+            bucket,
+            endpoint=args["endpoint"],
+            access_key_id="x",
+            secret_access_key="x",
+            region="us-east-1",
+            virtual_hosted_style_request=False,
+            client_options={"allow_http": True},
+        )
+        try:
+            got: Any = [str(o["path"]) for chunk in obstore.list(store) for o in chunk]
+        except Exception as exc:  # what a pipeline built on it would meet
+            got = f"error: {exc.__class__.__name__}"
+        out[key] = {"boto3": boto, "obstore": got}
+    return {
+        "keys": out,
+        "boto3_exact": sum(v["boto3"] == [k] for k, v in out.items()),
+        "obstore_exact": sum(v["obstore"] == [k] for k, v in out.items()),
+        "total": len(out),
+    }
+
+
 @job
 def manifest(args: dict[str, Any]) -> dict[str, Any]:
     """The real `encord-ingest manifest` path (tasks.manifest_only.write_manifests), timed and RSS-sampled."""

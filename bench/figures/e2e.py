@@ -6,13 +6,18 @@ One first run (registered/s, task runs read back from the Prefect API), one no-c
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import boto3
+import requests
+
 from bench.common import BUCKET, PATH_METADATA, Figure, aws_worker_env, rate, run_worker, wait_idle
 from bench.context import Context
 from bench.figures.listing import PAGE_LATENCY, bare_with_latency, page_latency
+from bench.moto_seeded import layout
 from integrations.servers import make_keypair, start_emulator, start_prefect_server
 
 FIGURES = (
@@ -21,11 +26,13 @@ FIGURES = (
     "rerun_vs_bare_s3_latency",
     "e2e_registered_per_s",
     "naive_vs_ours",
+    "metadata_changes",
 )
 TASKS_TARGET = 1.0
 RERUN_TARGET = 1.2
 E2E_TARGET = 2_000
 NAIVE_TARGET = 10.0
+CHANGED = 100  # objects whose metadata changes before the last run (issue 5's acceptance)
 INTEGRATION = "local-aws"
 
 
@@ -61,7 +68,7 @@ def _params(env: dict[str, str]) -> dict[str, Any]:
         "source": f"s3://{BUCKET}/",
         "folder": "bench-e2e",
         "integration": INTEGRATION,
-        "metadata": [PATH_METADATA],
+        "metadata": [PATH_METADATA, "sidecar"],  # no sidecars until `metadata_changes` adds some
         "ledger": str(tmp / "ledger.db"),
         "state_dir": str(tmp / "state"),
     }
@@ -227,4 +234,53 @@ def run(ctx: Context) -> list[Figure]:
                 },
             )
         )
+    if ctx.wants("metadata_changes"):  # last: it adds keys to the shared bucket
+        figures.append(_metadata_changes(ctx, params, env))
     return figures
+
+
+def _emulator_updates(env: dict[str, str]) -> int:
+    body = requests.get(f"{env['ENCORD_DOMAIN']}/_emulator/counters", timeout=30).json()
+    return int(body["metadata_updates"])
+
+
+def _metadata_changes(ctx: Context, params: dict[str, Any], env: dict[str, str]) -> Figure:
+    """Give CHANGED registered objects a sidecar, run again: exactly CHANGED metadata updates, nothing new."""
+    objects = ctx.sizes.moto_objects
+    step = max(1, objects // CHANGED)
+    keys = [key for i, key in enumerate(layout(objects)) if i % step == 0][:CHANGED]
+    s3 = boto3.client("s3", **_boto3_kwargs(env))
+    for key in keys:
+        body = json.dumps({"reviewed": True, "review_batch": "bench"}).encode()
+        s3.put_object(Bucket=BUCKET, Key=key + ".metadata.json", Body=body)
+    before = _emulator_updates(env)
+    ctx.log(f"flow after giving {len(keys)} objects a sidecar (metadata-only changes)")
+    run = _flow(ctx, {"params": params}, env)
+    sent = _emulator_updates(env) - before
+    s = run["summary"]
+    ctx.log(f"  updated {s['updated']}, submitted {s['submitted']}, Encord saw {sent} updates in {run['seconds']:.1f}s")
+    ok = sent == len(keys) and s["updated"] == len(keys) and s["submitted"] == 0 and s["failed"] == 0
+    return Figure(
+        "metadata_changes",
+        f"metadata of {len(keys)} objects changed, next run over {s['listed']:,}: updates Encord received",
+        float(sent),
+        "updates",
+        f"== {len(keys)}, nothing re-registered",
+        ok,
+        {
+            "detail": f"{s['updated']} updated, {s['submitted']} submitted, {s['skipped']:,} skipped, "
+            f"{sent} metadata updates at the emulator, {run['seconds']:.1f}s",
+            "changed": len(keys),
+            "emulator_metadata_updates": sent,
+            "run": run,
+        },
+    )
+
+
+def _boto3_kwargs(env: dict[str, str]) -> dict[str, Any]:
+    return {
+        "endpoint_url": env["AWS_ENDPOINT_URL"],
+        "region_name": env.get("AWS_DEFAULT_REGION", "us-east-1"),
+        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+    }

@@ -17,6 +17,7 @@ from bench.context import Context
 
 FIGURES = ("listing_vs_bare", "listing_vs_bare_s3_latency")
 TARGET = 0.9
+BARE_FIELDS = ("boto3", "obstore", "obstore_runs_s", "obstore_error", "key_fidelity")
 PAGE_LATENCY = 0.1  # seconds per 1,000-key page; real S3 takes roughly 0.1-0.3 s
 
 
@@ -81,6 +82,12 @@ def run(ctx: Context) -> list[Figure]:
     detail = f"ours {ours_rate:,.0f}/s vs bare {bare['fastest']} {base_rate:,.0f}/s (bare boto3 {boto3_rate:,.0f}/s)"
     if "ratio" in latency:
         detail += f"; at {PAGE_LATENCY:g}s/page {latency['ratio']:.2f}x"
+    fidelity = bare.get("key_fidelity")
+    if fidelity:
+        detail += (
+            f"; obstore lists {fidelity['total'] - fidelity['obstore_exact']} of {fidelity['total']} valid odd keys "
+            f"wrong (boto3 {fidelity['total'] - fidelity['boto3_exact']})"
+        )
     extra = {
         "detail": detail,
         "objects": ours["listed"],
@@ -89,7 +96,7 @@ def run(ctx: Context) -> list[Figure]:
         "ours_objects_per_s": ours_rate,
         "vs_bare_boto3": ours_rate / boto3_rate,
         "ours": ours,
-        "bare": {k: v for k, v in bare.items() if k in ("boto3", "obstore", "obstore_runs_s", "obstore_error")},
+        "bare": {k: v for k, v in bare.items() if k in BARE_FIELDS},
         "s3_like_latency": latency,
         "server": "moto 5.2.5 " + ("(stock listing)" if ctx.stock_moto else "(bench/moto_seeded.py fast listing)"),
     }

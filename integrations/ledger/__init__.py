@@ -266,7 +266,7 @@ class Ledger:
         )  # fmt: skip
         with self.engine.connect() as conn:
             result = conn.execute(select(*cols).where(c.url.in_(list(urls))))
-            return {r.url: Row(*r) for r in result}
+            return {t[0]: Row(*t) for t in result.tuples()}  # plain tuples: no per-row mapping access
 
     def record(self, rows: Iterable[dict[str, Any]], *, seen: Sequence[str] = (), run_id: str = "") -> None:
         """Upsert rows and mark `seen` URLs as listed by `run_id`, in one transaction."""

@@ -40,6 +40,19 @@ def get_state(request: Request) -> JSONResponse:
     return ok(body)
 
 
+@router.get("/counters")
+def get_counters(request: Request) -> JSONResponse:
+    """The request and metadata-update counters without the item dump (cheap at any size)."""
+    state = emulator(request).state
+    with state.lock:
+        body = {
+            "items": len(state.items),
+            "requests": dict(state.requests),
+            "metadata_updates": state.metadata_updates,
+        }
+    return ok(body)
+
+
 @router.get("/faults")
 def get_faults(request: Request) -> dict[str, Any]:
     return emulator(request).faults.config.to_dict()
