@@ -19,7 +19,7 @@ from flows.credentials import load_secret_env
 from flows.downstream import after_ingest
 from integrations.encord.gateway import connect
 from tasks import artifacts
-from tasks.batch import BatchReport, RunContext
+from tasks.batch import BatchReport, RunContext, drop_unchanged
 from tasks.groups import Group
 from tasks.listing import ListingStats
 from tasks.run import IngestParams, RunSummary, detect_deleted, drive, open_context, require
@@ -92,6 +92,7 @@ def run_ingest(
                 batches=explicit,
                 stats=stats,
                 submit_groups=submit_groups,
+                screen=lambda number, entries: drop_unchanged(ctx, number, entries),
             )
             deleted = detect_deleted(ctx, params, summary) if explicit is None else []
             status = "completed" if summary.failed == 0 else "completed-with-dead-letters"

@@ -96,6 +96,13 @@ class BatchReport:
     staged: int = 0
     dicom_bytes: int = 0
 
+    def absorb(self, other: BatchReport) -> None:
+        """Counts of another part of the same listed batch (see `drop_unchanged`)."""
+        self.listed += other.listed
+        self.skipped += other.skipped
+        for reason, n in other.skip_reasons.items():
+            self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + n
+
     def as_row(self) -> dict[str, Any]:
         return {
             "batch": self.number,
@@ -211,7 +218,7 @@ class _Batch:
                           data_hash=row.data_hash, job_id=row.job_id)  # fmt: skip
                 continue
             if row is not None and row.fingerprint == fp and row.state in (State.REGISTERED, State.SKIPPED):
-                if row.group_key and row.state == State.REGISTERED:
+                if _staged_member(row):
                     self.touched.append(url)  # counted when its group is settled after the listing
                     self.report.staged += 1
                     continue
@@ -503,3 +510,46 @@ class _Batch:
 
 def process_batch(ctx: RunContext, number: int, entries: Sequence[Entry]) -> BatchReport:
     return _Batch(ctx, number, entries).run()
+
+
+def _staged_member(row: Row) -> bool:
+    """A registered member of a grouped item: settled with its group after the listing, not here."""
+    return bool(row.group_key) and row.state == State.REGISTERED
+
+
+def drop_unchanged(ctx: RunContext, number: int, entries: Sequence[Entry]) -> tuple[BatchReport | None, list[Entry]]:
+    """Take out what `_Batch.prepare` would skip as unchanged, before a batch task is made for it.
+
+    A no-change re-run then costs the listing and one ledger lookup per batch instead of a Prefect
+    task per batch. The entries taken out are counted as skipped and marked seen (deletion
+    detection) here; returns their report (None when there are none) and the entries left.
+    """
+    if ctx.ledger is None or ctx.uploader is None or not entries:
+        return None, list(entries)
+    store = ctx.source.store
+    urls = [store.url_for(e.obj.key) for e in entries]
+    rows = ctx.ledger.lookup(urls)
+    if not rows:  # a first run: everything is new
+        return None, list(entries)
+    cheap = ctx.plan.cheap(entries, ctx.source.relative)
+    salt = ctx.plan.digest + ctx.schema.digest
+    texts: dict[tuple[int, ...], str] = {}
+    fingerprint = ctx.plan.fingerprint
+    left: list[Entry] = []
+    done: list[str] = []
+    for entry, url, c in zip(entries, urls, cheap, strict=True):
+        row = rows.get(url)
+        if (
+            row is not None
+            and row.state in (State.REGISTERED, State.SKIPPED)
+            and not _staged_member(row)
+            and row.fingerprint == fingerprint(entry, c, salt, texts)
+        ):
+            done.append(url)
+        else:
+            left.append(entry)
+    if not done:
+        return None, left
+    ctx.ledger.record([], seen=done, run_id=ctx.run_id)
+    report = BatchReport(number=number, listed=len(done), skipped=len(done), skip_reasons={UNCHANGED: len(done)})
+    return report, left

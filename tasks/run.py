@@ -266,8 +266,13 @@ def drive(
     batches: Iterable[list[Entry]] | None = None,
     stats: ListingStats | None = None,
     submit_groups: Callable[[int, list[Group]], Handle] | None = None,
+    screen: Callable[[int, list[Entry]], tuple[BatchReport | None, list[Entry]]] | None = None,
 ) -> RunSummary:
-    """Cut batches (from the listing unless given), keep `max_in_flight` running, sum their reports."""
+    """Cut batches (from the listing unless given), keep `max_in_flight` running, sum their reports.
+
+    `screen` (e.g. `tasks.batch.drop_unchanged`) takes entries out of a batch before it is sent;
+    its report joins the report of what was sent, or stands alone when nothing was left to send.
+    """
     summary = RunSummary(run_id=ctx.run_id)
     explicit_batches = batches is not None
     if batches is None:
@@ -278,6 +283,15 @@ def drive(
     in_flight: list[Handle] = []
     dispatched = 0
     abort: BaseException | None = None
+    screened: dict[int, BatchReport] = {}  # by batch number, until the rest of that batch reports
+
+    def settle(report: BatchReport) -> None:
+        part = screened.pop(report.number, None)
+        if part is not None and part is not report:
+            report.absorb(part)
+        summary.add(report)
+        if on_report is not None:
+            on_report(report, summary, dispatched)
 
     def collect(handle: Handle) -> None:
         nonlocal abort
@@ -287,11 +301,9 @@ def drive(
         except AbortError as exc:
             abort = abort or exc
             return
-        summary.add(report)
-        if on_report is not None:
-            on_report(report, summary, dispatched)
+        settle(report)
 
-    def dispatch(work: Iterable[Any], send: Callable[[int, Any], Handle]) -> None:
+    def dispatch(work: Iterable[Any], send: Callable[[int, Any], Handle], screen: Any = None) -> None:
         nonlocal dispatched
         for payload in work:
             while len(in_flight) >= params.max_in_flight:
@@ -299,11 +311,19 @@ def drive(
             if abort is not None:
                 break
             dispatched += 1
+            if screen is not None:
+                part, payload = screen(dispatched, payload)
+                if part is not None:
+                    screened[dispatched] = part
+                if not payload:
+                    if part is not None:
+                        settle(part)
+                    continue
             in_flight.append(send(dispatched, payload))
         while in_flight:
             collect(wait_first(in_flight))
 
-    dispatch(batches, submit)
+    dispatch(batches, submit, screen)
     if abort is None:  # grouped items: every member is staged once the listing is done
         group_sender = submit_groups or (lambda n, groups: _Done(guarded_group_batch(ctx, n, groups)))
         whole = explicit_batches  # a run that saw only some files completes groups from earlier runs

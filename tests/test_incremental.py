@@ -59,6 +59,40 @@ def test_changed_metadata_sends_exactly_that_many_metadata_updates(cli: Any, emu
     assert (third["updated"], third["registered"], third["skipped"]) == (0, 0, 60)
 
 
+def batch_task_runs(run_id: str, *, at_least: int, wait: float = 30.0) -> int:
+    """`ingest_batch` task runs of one flow run, once the API has settled (states arrive as events)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flt = FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(run_id)]))
+    seen: list[int] = []
+    deadline = time.monotonic() + wait
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(flow_run_filter=flt, limit=200)
+            seen.append(sum(1 for r in runs if (r.task_key or r.name).startswith("ingest_batch")))
+            if (seen[-1] >= at_least and seen[-3:] == [seen[-1]] * 3) or time.monotonic() > deadline:
+                return seen[-1]
+            time.sleep(1.0)
+
+
+def test_unchanged_objects_leave_before_any_batch_task_is_made(cli: Any, emulator: Any, s3: Any) -> None:
+    """Only batches holding a change become Prefect tasks; the rest is skipped in the flow itself."""
+    bucket = f"screen-{uuid.uuid4().hex[:8]}"
+    keys = seed(s3, bucket, 40)  # batches of 10: img/0000-0009, 0010-0019, ...
+    first = run(cli, bucket).json()
+    assert (first["registered"], first["batches"]) == (40, 4)
+    assert batch_task_runs(first["run_id"], at_least=4) == 4
+    for key in (keys[3], keys[25]):  # one change in the first batch, one in the third
+        s3.put_object(Bucket=bucket, Key=f"{key}.json", Body=json.dumps({"n": -1, "v": 2}).encode())
+    second = run(cli, bucket).json()
+    assert (second["updated"], second["skipped"], second["registered"], second["batches"]) == (2, 38, 0, 4)
+    assert batch_task_runs(second["run_id"], at_least=2) == 2
+    third = run(cli, bucket).json()
+    assert (third["skipped"], third["updated"], third["batches"]) == (40, 0, 4)
+    assert batch_task_runs(third["run_id"], at_least=0, wait=5.0) == 0
+
+
 def test_changed_content_is_kept_by_default_or_reimported_when_asked(cli: Any, emulator: Any, s3: Any) -> None:
     bucket = f"content-{uuid.uuid4().hex[:8]}"
     seed(s3, bucket, 5)

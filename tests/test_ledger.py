@@ -47,6 +47,30 @@ def test_rows_round_trip_and_seen_tracking(location: str) -> None:
         ledger.close()
 
 
+def test_lookup_finds_exactly_the_urls_asked_for_whatever_lies_between_them(location: str) -> None:
+    """Batch-sized lookups (a key range on SQLite): rows between the asked URLs are not returned,
+    rows far apart still are, and byte order (non-ASCII, case, punctuation) loses none."""
+    ledger = Ledger(location)
+    try:
+        names = [f"img/{i:05d}.jpg" for i in range(3000)] + ["IMG/Z.jpg", "img/\u00e9t\u00e9.jpg", "img-x/a b.jpg"]
+        urls = [f"s3://b/p/{n}" for n in names]
+        for i in range(0, len(urls), 1000):
+            ledger.record([row(u, fingerprint=f"fp-{u}") for u in urls[i : i + 1000]], run_id="r1")
+        batches = {
+            "contiguous": urls[100:1100],
+            "every third": urls[0:3000:3][:1000],
+            "far apart": urls[:20] + urls[2980:] + ["s3://b/p/missing-1", "s3://b/p/zz-missing"],
+            "unsorted": list(reversed(urls[500:540])) + urls[-3:],
+        }
+        for label, asked in batches.items():
+            got = ledger.lookup(asked)
+            expected = {u for u in asked if u in set(urls)}
+            assert set(got) == expected, label
+            assert all(got[u].fingerprint == f"fp-{u}" for u in expected), label
+    finally:
+        ledger.close()
+
+
 def test_lease_blocks_a_second_run_and_is_released(location: str) -> None:
     one, two = Ledger(location), Ledger(location)
     try:

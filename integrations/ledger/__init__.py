@@ -265,6 +265,15 @@ class Ledger:
             c.group_key, c.kind,
         )  # fmt: skip
         with self.engine.connect() as conn:
+            if self.dialect == "sqlite" and len(urls) > 16:
+                # A batch is mostly one key range: one range scan of the primary key instead of a
+                # 1,000-parameter IN. SQLite compares text bytewise, as min/max do here (PostgreSQL's
+                # collation may not, so it keeps the IN). Too many rows in between: the IN after all.
+                limit = 4 * len(urls) + 64
+                found = conn.execute(select(*cols).where(c.url >= min(urls), c.url <= max(urls)).limit(limit)).all()
+                if len(found) < limit:
+                    wanted = set(urls)
+                    return {t[0]: Row(*t) for t in found if t[0] in wanted}
             result = conn.execute(select(*cols).where(c.url.in_(list(urls))))
             return {t[0]: Row(*t) for t in result.tuples()}  # plain tuples: no per-row mapping access
 
