@@ -225,6 +225,21 @@ def flow(args: dict[str, Any]) -> dict[str, Any]:
 
 
 @job
+def empty_flow(args: dict[str, Any]) -> dict[str, Any]:
+    """A flow that does nothing, on the same Prefect server: the floor any flow run pays (run
+    creation, state changes, and at exit the join of Prefect's heartbeat thread)."""
+    from prefect import flow
+
+    @flow(name="bench-empty")
+    def empty() -> int:
+        return 0
+
+    empty()  # the first flow run of a process also registers the flow
+    _, wall, cpu = timed(empty)
+    return {"seconds": wall, "cpu_seconds": cpu}
+
+
+@job
 def naive(args: dict[str, Any]) -> dict[str, Any]:
     """What users hand-write: list with boto3, then one upload job (start + wait) per object."""
     from encord import EncordUserClient

@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 import requests
 
-from bench.common import BUCKET, PATH_METADATA, Figure, aws_worker_env, rate, run_worker, wait_idle
+from bench.common import BUCKET, PATH_METADATA, BenchError, Figure, aws_worker_env, rate, run_worker, wait_idle
 from bench.context import Context
 from bench.figures.listing import PAGE_LATENCY, bare_with_latency, page_latency
 from bench.moto_seeded import layout
@@ -79,6 +79,17 @@ def _flow(ctx: Context, args: dict[str, Any], env: dict[str, str]) -> dict[str, 
     waited = wait_idle(ctx.cache["e2e_pids"])
     out = run_worker("flow", args, env=env)
     out["waited_for_idle_servers_s"] = waited
+    return out
+
+
+def _flow_floor(ctx: Context, env: dict[str, str]) -> dict[str, Any]:
+    """What any flow run costs on this server, whatever it does: the re-run's fixed part."""
+    try:
+        wait_idle(ctx.cache["e2e_pids"])
+        out = run_worker("empty_flow", {}, env=env)
+    except BenchError as exc:
+        return {"error": str(exc).splitlines()[0]}
+    ctx.log(f"  an empty flow run: {out['seconds']:.2f}s")
     return out
 
 
@@ -157,6 +168,8 @@ def run(ctx: Context) -> list[Figure]:
         bare = ctx.bare_listing()
         ctx.log(f"  skipped {again['summary']['skipped']:,} in {again['seconds']:.1f}s")
         ratio = again["seconds"] / bare["fastest_seconds"]
+        floor = _flow_floor(ctx, env)
+        vs_boto3 = again["seconds"] / bare["boto3"]["seconds"]
         latency = _rerun_with_latency(ctx, params, env)
         figures.append(
             Figure(
@@ -169,14 +182,16 @@ def run(ctx: Context) -> list[Figure]:
                 {
                     "detail": (
                         f"re-run {again['seconds']:.1f}s vs bare {bare['fastest']} {bare['fastest_seconds']:.2f}s "
-                        f"(bare boto3 {bare['boto3']['seconds']:.1f}s)"
+                        f"(bare boto3 {bare['boto3']['seconds']:.1f}s: {vs_boto3:.2f}x)"
                         + (f"; at {PAGE_LATENCY:g}s/page {latency['ratio']:.2f}x" if "ratio" in latency else "")
+                        + (f"; an empty flow run takes {floor['seconds']:.2f}s" if "seconds" in floor else "")
                     ),
+                    "empty_flow_run": floor,
                     "s3_like_latency": latency,
                     "rerun_seconds": again["seconds"],
                     "baseline_client": bare["fastest"],
                     "baseline_seconds": bare["fastest_seconds"],
-                    "vs_bare_boto3": again["seconds"] / bare["boto3"]["seconds"],
+                    "vs_bare_boto3": vs_boto3,
                     "run": again,
                 },
             )
