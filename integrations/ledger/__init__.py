@@ -13,10 +13,9 @@ import socket
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     JSON,
@@ -122,8 +121,9 @@ class State:
     DELETED = "deleted"
 
 
-@dataclass(slots=True, frozen=True)
-class Row:
+class Row(NamedTuple):
+    """What a batch needs of an object's ledger row (a tuple: thousands are read per batch)."""
+
     url: str
     etag: str
     fingerprint: str
@@ -269,11 +269,18 @@ class Ledger:
                 # A batch is mostly one key range: one range scan of the primary key instead of a
                 # 1,000-parameter IN. SQLite compares text bytewise, as min/max do here (PostgreSQL's
                 # collation may not, so it keeps the IN). Too many rows in between: the IN after all.
+                # The rows are read through the DB-API cursor: plain tuples, no result-row objects.
                 limit = 4 * len(urls) + 64
-                found = conn.execute(select(*cols).where(c.url >= min(urls), c.url <= max(urls)).limit(limit)).all()
+                sql = f"SELECT {', '.join(col.name for col in cols)} FROM objects WHERE url >= ? AND url <= ? LIMIT ?"
+                cursor = conn.connection.cursor()
+                try:
+                    cursor.execute(sql, (min(urls), max(urls), limit))
+                    found = cursor.fetchall()
+                finally:
+                    cursor.close()
                 if len(found) < limit:
                     wanted = set(urls)
-                    return {t[0]: Row(*t) for t in found if t[0] in wanted}
+                    return {t[0]: Row(*t[:7], bool(t[7]), *t[8:]) for t in found if t[0] in wanted}
             result = conn.execute(select(*cols).where(c.url.in_(list(urls))))
             return {t[0]: Row(*t) for t in result.tuples()}  # plain tuples: no per-row mapping access
 
