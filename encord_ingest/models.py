@@ -9,13 +9,26 @@ from typing import Any
 
 @dataclass(slots=True, frozen=True)
 class ObjectRef:
-    """One object as the listing saw it; `key` is the full key inside the bucket."""
+    """One object as the listing saw it; `key` is the full key inside the bucket.
+
+    `content_id` names the bytes where the store can tell them apart from metadata edits (GCS
+    generation, Azure Content-MD5; GCS and Azure change the ETag on metadata edits too); empty
+    means the ETag does. `tags` is a digest of the object's index tags when they were listed
+    (they change neither ETag nor modification time).
+    """
 
     key: str
     size: int
     etag: str = ""
     version: str = ""
     last_modified: str = ""
+    content_id: str = ""
+    tags: str = ""
+
+
+def content_tag(obj: ObjectRef) -> str:
+    """What the ledger records to tell a content change from a metadata edit."""
+    return obj.content_id or obj.etag
 
 
 @dataclass(slots=True)

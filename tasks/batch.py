@@ -22,7 +22,7 @@ from encord.exceptions import EncordException
 from pydicom.errors import InvalidDicomError
 
 from encord_ingest.errors import CredentialsError, IngestError
-from encord_ingest.models import Entry, Item, ItemKind, Rejection
+from encord_ingest.models import Entry, Item, ItemKind, ObjectRef, Rejection, content_tag
 from integrations.ledger import Ledger, Row, State
 from integrations.storage import Source
 from integrations.storage.base import ObjectInfo
@@ -136,6 +136,24 @@ class _Work:
     media: dict[str, Any] | None = None
 
 
+def content_changed(recorded: str, obj: ObjectRef) -> bool:
+    """The object's bytes differ from what the ledger recorded (see `content_tag`).
+
+    A tag of another kind (recorded by a version that kept ETags, or the other way round) tells
+    nothing: not a content change; the fingerprint still sends the object through the metadata
+    comparison, and the row is rewritten with the current tag.
+    """
+    current = content_tag(obj)
+    if _tag_kind(recorded) != _tag_kind(current):
+        return False
+    return recorded != current
+
+
+def _tag_kind(tag: str) -> str:
+    kind, sep, _ = tag.partition(":")
+    return kind if sep and kind in ("gen", "md5") else "etag"
+
+
 def metadata_hash(metadata: dict[str, Any], encoded: str | None = None) -> str:
     """Hash of the canonical JSON (sorted keys); pass `encoded` when it is already at hand."""
     if encoded is None:
@@ -164,7 +182,7 @@ class _Batch:
             "url": w.url,
             "source": self.ctx.source.id,
             "key": w.entry.obj.key,
-            "etag": w.entry.obj.etag,
+            "etag": content_tag(w.entry.obj),
             "size": w.entry.obj.size,
             "fingerprint": w.fingerprint,
             "state": state,
@@ -227,7 +245,7 @@ class _Batch:
             if entry.obj.size == 0:
                 self.skip(w, EMPTY)
                 continue
-            if row is not None and row.state == State.REGISTERED and row.etag != entry.obj.etag:
+            if row is not None and row.state == State.REGISTERED and content_changed(row.etag, entry.obj):
                 w.content_changed = True
             work.append(w)
         return work
@@ -437,7 +455,7 @@ class _Batch:
                 "key": w.entry.obj.key,
                 "sort_key": sort_key,
                 "fingerprint": w.fingerprint,
-                "etag": w.entry.obj.etag,
+                "etag": content_tag(w.entry.obj),
                 "size": w.entry.obj.size,
                 "status": "new",
                 "data_hash": "",

@@ -244,6 +244,8 @@ class MetadataPlan:
         obj = entry.obj
         layers = cheap.layers
         parts = [salt, obj.etag, str(obj.size), obj.last_modified]
+        if obj.tags:  # only where tags were listed: other fingerprints stay as they were
+            parts.append(obj.tags)
         if layers:
             if texts is None:
                 parts.append(_layers_text(layers))

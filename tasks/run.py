@@ -184,6 +184,8 @@ def open_context(
         url_base = source.store.url_for("")
         plan = MetadataPlan.build(params.metadata, url_base=url_base, open_table=_table_fetcher(stack, params.account))
         stack.callback(plan.close)
+        if plan.uses_object and hasattr(source.store, "list_tags"):  # Azure: index tags are object metadata
+            source.store.list_tags = True
         source.store.check_access(source.prefix)
         group_regex = compile_group_regex(params.group_by)
         ledger = Ledger(params.ledger) if use_ledger else None

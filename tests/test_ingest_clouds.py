@@ -157,6 +157,57 @@ def test_azure_blob_index_tags_merge_over_metadata(cli: Any, emulator: Any, requ
     assert "/t/a%20b.jpg" in bucket.url("t/a b.jpg")
 
 
+def _edit_run(cli: Any, cloud: Cloud, prefix: str) -> dict[str, Any]:
+    bucket = cloud.bucket
+    result = cli(
+        "ingest", bucket.source(prefix), "--folder", "edits", "--integration", bucket.integration,
+        "--metadata", "object", "--on-content-change", "reimport", "--json",
+        extra_env=cloud.env,
+    )  # fmt: skip
+    assert result.code == 0, result.stderr[-3000:]
+    return dict(result.json())
+
+
+def test_azure_metadata_and_tag_edits_update_the_item_and_only_new_bytes_reimport(
+    cli: Any, emulator: Any, request: pytest.FixtureRequest
+) -> None:
+    """Azure changes a blob's ETag when its metadata is set, and nothing at all when its index tags
+    are: even with `--on-content-change reimport` neither re-registers the blob, both reach Encord."""
+    cloud = _cloud("azure", request)
+    bucket = cloud.bucket
+    assert isinstance(bucket, AzureWriter)
+    bucket.put_object("e/a.jpg", b"a", {"site": "north"})
+    bucket.put_object("e/b.jpg", b"b", tags={"camera": "B"})
+    bucket.put_object("e/c.jpg", b"c")
+    assert _edit_run(cli, cloud, "e/")["registered"] == 3
+    bucket.container.get_blob_client("e/a.jpg").set_blob_metadata({"site": "south"})
+    bucket.container.get_blob_client("e/b.jpg").set_blob_tags({"camera": "B2"})
+    second = _edit_run(cli, cloud, "e/")
+    assert (second["updated"], second["registered"], second["skipped"]) == (2, 0, 1)
+    items = emulator.state()["items"]
+    assert len(items) == 3, "a metadata or tag edit must not register the blob again"
+    got = {i["url"]: i["client_metadata"] for i in items}
+    assert got[bucket.url("e/a.jpg")] == {"site": "south"}
+    assert got[bucket.url("e/b.jpg")] == {"camera": "B2"}
+    bucket.put_object("e/c.jpg", b"new bytes")
+    third = _edit_run(cli, cloud, "e/")
+    assert (third["registered"], third["updated"], third["skipped"]) == (1, 0, 2)
+
+
+def test_gcs_new_bytes_are_a_content_change_by_generation(
+    cli: Any, emulator: Any, request: pytest.FixtureRequest
+) -> None:
+    """GCS content changes are told by the object's generation (its ETag also moves on metadata edits)."""
+    cloud = _cloud("gcs", request)
+    bucket = cloud.bucket
+    bucket.put_object("g/a.jpg", b"a", {"site": "north"})
+    bucket.put_object("g/b.jpg", b"b")
+    assert _edit_run(cli, cloud, "g/")["registered"] == 2
+    bucket.put_object("g/a.jpg", b"new bytes", {"site": "north"})
+    again = _edit_run(cli, cloud, "g/")
+    assert (again["registered"], again["updated"], again["skipped"]) == (1, 0, 1)
+
+
 @pytest.mark.parametrize("kind", ["gcs", "azure"])
 def test_missing_bucket_or_container_aborts_with_exit_3(
     cli: Any, emulator: Any, request: pytest.FixtureRequest, kind: str

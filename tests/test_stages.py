@@ -436,3 +436,28 @@ def test_fingerprints_keep_their_text_whatever_is_cached() -> None:
     assert cached[0] == hashlib.blake2b(first.encode(), digest_size=16).hexdigest()
     assert cheap[0].layers[0] is cheap[1].layers[0], "equal path groups share one layer"
     assert len(set(cached)) == 3 and len(texts) == 2
+
+
+def test_content_changes_are_told_apart_from_metadata_edits_and_older_ledgers() -> None:
+    """GCS generation / Azure Content-MD5 name the bytes where the store has them; a tag of another
+    kind (written by an ETag-only version) is no evidence of a content change."""
+    from tasks.batch import content_changed
+    from tasks.metadata import MetadataPlan
+
+    gcs = ObjectRef("a.jpg", 1, "etag-after-metadata-edit", "17", "t", content_id="gen:17")
+    assert not content_changed("gen:17", gcs)
+    assert content_changed("gen:16", gcs)
+    assert not content_changed("CKih16GjycICEAE=", gcs), "a row from an ETag-only ledger"
+    s3 = ObjectRef("a.jpg", 1, "9a0364b9e99bb480dd25e1f0284c8555")
+    assert content_changed("0cc175b9c0f1b6a831c399e269772661", s3)
+    assert not content_changed("9a0364b9e99bb480dd25e1f0284c8555", s3)
+    assert not content_changed("md5:kAFQmDzST7DWlj99KOF/cg==", s3)
+    # listed index tags join the fingerprint; without tags the text is what it always was
+    plan = MetadataPlan.build(["object"], url_base="s3://b/")
+    plain, tagged, retagged = (
+        Entry(ObjectRef("a.jpg", 1, "e", "", "m")),
+        Entry(ObjectRef("a.jpg", 1, "e", "", "m", tags="tags:1")),
+        Entry(ObjectRef("a.jpg", 1, "e", "", "m", tags="tags:2")),
+    )
+    prints = [plan.fingerprint(e, plan.cheap([e], str)[0], "salt") for e in (plain, tagged, retagged)]
+    assert len(set(prints)) == 3

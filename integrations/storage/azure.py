@@ -6,6 +6,9 @@ container client's own URL, so Azurite's path-style endpoint works the same way,
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -92,14 +95,24 @@ def container_client(container: str, account: str = "") -> Any:
 
 
 def _ref(blob: Any) -> ObjectRef:
+    """Content-MD5 (when the blob has one) names the bytes: setting metadata changes the ETag."""
     modified = blob.last_modified
+    md5 = blob.content_settings.content_md5 if blob.content_settings is not None else None
+    tags = getattr(blob, "tags", None)
     return ObjectRef(
         key=blob.name,
         size=int(blob.size or 0),
         etag=str(blob.etag or "").strip('"'),
         version=str(blob.version_id or ""),
         last_modified=modified.isoformat() if modified is not None else "",
+        content_id=f"md5:{base64.b64encode(bytes(md5)).decode()}" if md5 else "",
+        tags=_tags_digest(tags) if tags else "",
     )
+
+
+def _tags_digest(tags: dict[str, str]) -> str:
+    text = json.dumps(sorted(tags.items()), ensure_ascii=False)
+    return "tags:" + hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
 class AzureStore:
@@ -112,6 +125,12 @@ class AzureStore:
         self.container = client or container_client(container, account)
         parts = urlsplit(self.container.url)
         self._base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))  # no SAS query
+        # Index tags in the listing, so a tag edit (which changes neither ETag nor time) is seen. Only
+        # when they are a metadata source (`object`): reading them needs the SAS's "t" permission.
+        self.list_tags = False
+
+    def _include(self) -> list[str] | None:
+        return ["tags"] if self.list_tags else None
 
     def _translate(self, exc: Exception, key: str | None) -> Exception:
         """Map Azure errors to our hierarchy; `key` is None for container-level calls.
@@ -136,7 +155,9 @@ class AzureStore:
         return exc
 
     def list_pages(self, prefix: str, *, page_size: int = 1000) -> Iterator[list[ObjectRef]]:
-        pages = self.container.list_blobs(name_starts_with=prefix or None, results_per_page=page_size).by_page()
+        pages = self.container.list_blobs(
+            name_starts_with=prefix or None, results_per_page=page_size, include=self._include()
+        ).by_page()
         try:
             for page in pages:
                 refs = [_ref(b) for b in page]
@@ -148,7 +169,8 @@ class AzureStore:
     def list_level(self, prefix: str) -> Iterator[tuple[list[str], list[ObjectRef]]]:
         from azure.storage.blob import BlobPrefix
 
-        pages = self.container.walk_blobs(name_starts_with=prefix or None, delimiter="/").by_page()
+        pages = self.container.walk_blobs(name_starts_with=prefix or None, delimiter="/", include=self._include())
+        pages = pages.by_page()
         try:
             for page in pages:
                 prefixes: list[str] = []

@@ -29,6 +29,7 @@ def _ref(blob: Any) -> ObjectRef:
         etag=str(blob.etag or ""),
         version=str(blob.generation or ""),
         last_modified=updated.isoformat() if updated is not None else "",
+        content_id=f"gen:{blob.generation}" if blob.generation else "",  # the ETag changes on metadata edits
     )
 
 
