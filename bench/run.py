@@ -49,7 +49,9 @@ ORDER = (
 NOTES = {
     "listing_vs_bare": "`encord-ingest manifest s3://bench/` (real code path, `path:` metadata) against a bare "
     "listing of the same moto bucket by boto3 and by obstore, in fresh processes; the faster bare client is the "
-    "baseline. moto answers plain ListObjectsV2 from a sorted snapshot (bench/moto_seeded.py; stock moto "
+    "baseline. Beside it, nine valid S3 keys (a folder marker `dir/`, `/lead`, `trail/`, `a//b`, `./`, `../`, a "
+    "control character, `%20`, non-ASCII), each alone in a bucket, listed by both clients: how many come back "
+    "unchanged. moto answers plain ListObjectsV2 from a sorted snapshot (bench/moto_seeded.py; stock moto "
     "rescans the bucket per page and lists ~1k keys/s at 100k, `--stock-moto`). Also measured with 0.1 s "
     "added per page (S3-like).",
     "listing_vs_bare_s3_latency": "the same two runs with 0.1 s added to every listing page by the server "
@@ -59,8 +61,9 @@ NOTES = {
     "peak_rss_ratio": "peak RSS (`ru_maxrss`) of two fresh `manifest` processes, 1M vs 100k synthetic objects.",
     "prefect_tasks_per_1k": "task runs of the first flow run, read back from the Prefect API after the server "
     "ingested them.",
-    "rerun_vs_bare": "the flow again over the unchanged bucket (every object skipped through the ledger) against "
-    "the fastest bare listing.",
+    "rerun_vs_bare": "the flow again over the unchanged bucket (every object skipped through the ledger, in the "
+    "flow: no batch task is made) against the fastest bare listing; beside it, what a flow run that does nothing "
+    "takes on the same Prefect server (the part of any re-run no pipeline work can remove).",
     "rerun_vs_bare_s3_latency": "the no-change re-run and the fastest bare listing, both with 0.1 s per page.",
     "e2e_registered_per_s": "the Prefect flow (`flows.ingest.ingest`) from moto into the Encord emulator, 100k "
     "objects, local Prefect server; all servers share the 2 cores.",

@@ -21,7 +21,7 @@ from typing import Any
 from encord.exceptions import EncordException
 from pydicom.errors import InvalidDicomError
 
-from encord_ingest.errors import CredentialsError, IngestError
+from encord_ingest.errors import AbortError, CredentialsError, IngestError
 from encord_ingest.models import Entry, Item, ItemKind, ObjectRef, Rejection, content_tag
 from integrations.ledger import Ledger, Row, State
 from integrations.storage import Source
@@ -139,14 +139,17 @@ class _Work:
 def content_changed(recorded: str, obj: ObjectRef) -> bool:
     """The object's bytes differ from what the ledger recorded (see `content_tag`).
 
-    A tag of another kind (recorded by a version that kept ETags, or the other way round) tells
-    nothing: not a content change; the fingerprint still sends the object through the metadata
-    comparison, and the row is rewritten with the current tag.
+    A plain ETag recorded (by a version that kept only ETags) is compared with the ETag, as that
+    version did. A recorded generation or Content-MD5 where the store now gives none means the
+    bytes were rewritten (e.g. an Azure block upload, which sets no Content-MD5).
     """
     current = content_tag(obj)
-    if _tag_kind(recorded) != _tag_kind(current):
-        return False
-    return recorded != current
+    recorded_kind = _tag_kind(recorded)
+    if recorded_kind == _tag_kind(current):
+        return recorded != current
+    if recorded_kind == "etag":
+        return recorded != obj.etag
+    return True
 
 
 def _tag_kind(tag: str) -> str:
@@ -544,6 +547,17 @@ def drop_unchanged(ctx: RunContext, number: int, entries: Sequence[Entry]) -> tu
     """
     if ctx.ledger is None or ctx.uploader is None or not entries:
         return None, list(entries)
+    try:
+        return _drop_unchanged(ctx, number, entries)
+    except AbortError:
+        raise
+    except Exception as exc:  # the batch task meets it again, and dead-letters the batch with it
+        log.warning("batch %d: could not screen for unchanged objects (%s: %s)", number, type(exc).__name__, exc)
+        return None, list(entries)
+
+
+def _drop_unchanged(ctx: RunContext, number: int, entries: Sequence[Entry]) -> tuple[BatchReport | None, list[Entry]]:
+    assert ctx.ledger is not None
     store = ctx.source.store
     urls = [store.url_for(e.obj.key) for e in entries]
     rows = ctx.ledger.lookup(urls)

@@ -7,6 +7,7 @@ usage or credentials problem ends the run with nothing sent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -307,21 +308,29 @@ def drive(
 
     def dispatch(work: Iterable[Any], send: Callable[[int, Any], Handle], screen: Any = None) -> None:
         nonlocal dispatched
-        for payload in work:
-            while len(in_flight) >= params.max_in_flight:
-                collect(wait_first(in_flight))
-            if abort is not None:
-                break
-            dispatched += 1
-            if screen is not None:
-                part, payload = screen(dispatched, payload)
-                if part is not None:
-                    screened[dispatched] = part
-                if not payload:
+        try:
+            for payload in work:
+                while len(in_flight) >= params.max_in_flight:
+                    collect(wait_first(in_flight))
+                if abort is not None:
+                    break
+                dispatched += 1
+                if screen is not None:
+                    part, payload = screen(dispatched, payload)
                     if part is not None:
-                        settle(part)
-                    continue
-            in_flight.append(send(dispatched, payload))
+                        screened[dispatched] = part
+                    if not payload:
+                        if part is not None:
+                            settle(part)
+                        continue
+                in_flight.append(send(dispatched, payload))
+        except Exception:
+            # the listing or a screen failed: let the batches already sent finish (they hold
+            # pending ledger rows and upload jobs) before the caller releases the lease
+            for handle in list(in_flight):
+                with contextlib.suppress(Exception):
+                    collect(handle)
+            raise
         while in_flight:
             collect(wait_first(in_flight))
 

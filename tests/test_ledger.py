@@ -118,3 +118,89 @@ def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
         ledger.acquire("s3://b/", "r1")  # the v2 leases table exists
     finally:
         ledger.close()
+
+
+def test_the_flow_screen_drops_only_what_the_batch_task_would_skip_as_unchanged(tmp_path: Path) -> None:
+    """Registered or skipped rows with the same fingerprint leave (and are marked seen); pending
+    rows (to reconcile), dead letters, registered group members, changed objects and new ones stay."""
+    from encord_ingest.models import Entry, ObjectRef
+    from tasks.batch import UNCHANGED, drop_unchanged
+    from tasks.run import IngestParams, open_context
+
+    src = tmp_path / "src"
+    src.mkdir()
+    params = IngestParams(source=str(src), ledger=str(tmp_path / "ledger.db"), state_dir=str(tmp_path / "state"))
+    names = ["done", "skipped", "pending", "failed", "member", "changed", "new"]
+    entries = [Entry(ObjectRef(f"{n}.jpg", 10, f"etag-{n}", "", "t")) for n in names]
+    with open_context(params, run_id="r2", uploader_factory=lambda: object(), use_ledger=True) as ctx:
+        assert ctx.ledger is not None
+        store = ctx.source.store
+        cheap = ctx.plan.cheap(entries, ctx.source.relative)
+        salt = ctx.plan.digest + ctx.schema.digest
+        prints = {e.obj.key: ctx.plan.fingerprint(e, c, salt) for e, c in zip(entries, cheap, strict=True)}
+        states = {
+            "done": State.REGISTERED,
+            "skipped": State.SKIPPED,
+            "pending": State.PENDING,
+            "failed": State.FAILED,
+            "member": State.REGISTERED,
+            "changed": State.REGISTERED,
+        }
+        rows = []
+        for name, state in states.items():
+            key = f"{name}.jpg"
+            rows.append(
+                {
+                    "url": store.url_for(key),
+                    "source": ctx.source.id,
+                    "key": key,
+                    "state": state,
+                    "fingerprint": "old" if name == "changed" else prints[key],
+                    "group_key": "series-1" if name == "member" else "",
+                }
+            )
+        ctx.ledger.record(rows, run_id="r1")
+        report, left = drop_unchanged(ctx, 7, entries)
+        assert [e.obj.key for e in left] == ["pending.jpg", "failed.jpg", "member.jpg", "changed.jpg", "new.jpg"]
+        assert report is not None
+        assert (report.number, report.listed, report.skipped, report.skip_reasons) == (7, 2, 2, {UNCHANGED: 2})
+        unseen = {r["key"] for page in ctx.ledger.unseen(ctx.source.id, "r2") for r in page}
+        assert unseen == {"pending.jpg", "failed.jpg", "member.jpg", "changed.jpg"}, "dropped rows are marked seen"
+        ctx.uploader = None  # manifest-only runs have no ledger rows to trust: nothing is screened
+        assert drop_unchanged(ctx, 8, entries) == (None, entries)
+
+
+def test_a_failing_listing_lets_the_batches_already_sent_finish_first(tmp_path: Path) -> None:
+    """drive() does not return (and the caller does not release the lease) while batches still run."""
+    import threading
+    import time
+    from concurrent.futures import Future, ThreadPoolExecutor
+    from types import SimpleNamespace
+    from typing import Any
+
+    from encord_ingest.errors import AbortError
+    from tasks.batch import BatchReport
+    from tasks.listing import ListingStats
+    from tasks.run import IngestParams, drive
+
+    finished = threading.Event()
+
+    def slow_batch(number: int) -> BatchReport:
+        time.sleep(0.5)
+        finished.set()
+        return BatchReport(number=number, listed=1)
+
+    def batches() -> Any:
+        yield ["first"]
+        raise AbortError("S3 unreachable for bucket 'b' mid-listing")
+
+    params = IngestParams(source=str(tmp_path), max_in_flight=4)
+    ctx: Any = SimpleNamespace(run_id="r")
+    with ThreadPoolExecutor(2) as pool:
+
+        def submit(number: int, entries: list[Any]) -> Future[BatchReport]:
+            return pool.submit(slow_batch, number)
+
+        with pytest.raises(AbortError):
+            drive(ctx, params, submit=submit, wait_first=lambda h: h[0], batches=batches(), stats=ListingStats())
+        assert finished.is_set(), "drive raised while a batch was still running"

@@ -439,19 +439,21 @@ def test_fingerprints_keep_their_text_whatever_is_cached() -> None:
 
 
 def test_content_changes_are_told_apart_from_metadata_edits_and_older_ledgers() -> None:
-    """GCS generation / Azure Content-MD5 name the bytes where the store has them; a tag of another
-    kind (written by an ETag-only version) is no evidence of a content change."""
+    """GCS generation / Azure Content-MD5 name the bytes where the store has them; rows written with
+    plain ETags (earlier versions) are compared by ETag, as then; a name the store no longer gives
+    (an Azure block upload sets no Content-MD5) means new bytes."""
     from tasks.batch import content_changed
     from tasks.metadata import MetadataPlan
 
     gcs = ObjectRef("a.jpg", 1, "etag-after-metadata-edit", "17", "t", content_id="gen:17")
     assert not content_changed("gen:17", gcs)
     assert content_changed("gen:16", gcs)
-    assert not content_changed("CKih16GjycICEAE=", gcs), "a row from an ETag-only ledger"
+    assert content_changed("CKih16GjycICEAE=", gcs), "an ETag-only row: the ETag moved, as it did before"
+    assert not content_changed("etag-after-metadata-edit", gcs)
     s3 = ObjectRef("a.jpg", 1, "9a0364b9e99bb480dd25e1f0284c8555")
     assert content_changed("0cc175b9c0f1b6a831c399e269772661", s3)
     assert not content_changed("9a0364b9e99bb480dd25e1f0284c8555", s3)
-    assert not content_changed("md5:kAFQmDzST7DWlj99KOF/cg==", s3)
+    assert content_changed("md5:kAFQmDzST7DWlj99KOF/cg==", s3), "Content-MD5 gone: rewritten by blocks"
     # listed index tags join the fingerprint; without tags the text is what it always was
     plan = MetadataPlan.build(["object"], url_base="s3://b/")
     plain, tagged, retagged = (

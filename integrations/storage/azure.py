@@ -229,8 +229,17 @@ class AzureStore:
         return f"{self._base}/{quote(key, safe='/')}"
 
     def check_access(self, prefix: str) -> None:
+        """One listing call as the run will make it (with index tags when they are listed)."""
         try:
-            pages = self.container.list_blobs(name_starts_with=prefix or None, results_per_page=1).by_page()
+            pages = self.container.list_blobs(
+                name_starts_with=prefix or None, results_per_page=1, include=self._include()
+            ).by_page()
             list(next(pages, []))
         except AzureError as exc:
-            raise self._translate(exc, None) from None
+            error = self._translate(exc, None)
+            if self.list_tags and isinstance(error, CredentialsError):
+                raise CredentialsError(
+                    f"{error} while listing with index tags (read by --metadata object): a SAS needs the "
+                    "'t' (tags) permission besides 'r' and 'l'"
+                ) from None
+            raise error from None
