@@ -57,21 +57,26 @@ def list_boto3(args: dict[str, Any]) -> dict[str, Any]:
     return {"keys": keys, "seconds": wall, "cpu_seconds": cpu}
 
 
-@job
-def list_obstore(args: dict[str, Any]) -> dict[str, Any]:
-    """A bare obstore listing (Rust client), chunks of 1000."""
-    import obstore
+def _obstore_store(endpoint: str, bucket: str) -> Any:
     from obstore.store import S3Store
 
-    store = S3Store(
-        args["bucket"],
-        endpoint=args["endpoint"],
+    return S3Store(
+        bucket,
+        endpoint=endpoint,
         access_key_id="x",
         secret_access_key="x",
         region="us-east-1",
         virtual_hosted_style_request=False,
         client_options={"allow_http": True},
     )
+
+
+@job
+def list_obstore(args: dict[str, Any]) -> dict[str, Any]:
+    """A bare obstore listing (Rust client), chunks of 1000."""
+    import obstore
+
+    store = _obstore_store(args["endpoint"], args["bucket"])
 
     def run() -> int:
         n = 0
@@ -101,7 +106,6 @@ ODD_KEYS = (
 def key_fidelity(args: dict[str, Any]) -> dict[str, Any]:
     """Each ODD_KEYS key alone in a bucket, listed by boto3 and by obstore: which come back unchanged."""
     import obstore
-    from obstore.store import S3Store
 
     client = _s3_client(args["endpoint"])
     out: dict[str, Any] = {}
@@ -110,15 +114,7 @@ def key_fidelity(args: dict[str, Any]) -> dict[str, Any]:
         client.create_bucket(Bucket=bucket)
         client.put_object(Bucket=bucket, Key=key, Body=b"x")
         boto = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", ())]
-        store = S3Store(
-            bucket,
-            endpoint=args["endpoint"],
-            access_key_id="x",
-            secret_access_key="x",
-            region="us-east-1",
-            virtual_hosted_style_request=False,
-            client_options={"allow_http": True},
-        )
+        store = _obstore_store(args["endpoint"], bucket)
         try:
             got: Any = [str(o["path"]) for chunk in obstore.list(store) for o in chunk]
         except Exception as exc:  # what a pipeline built on it would meet

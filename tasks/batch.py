@@ -225,11 +225,9 @@ class _Batch:
         if ctx.uploader is not None:
             self.reconcile(rows, {url: e.obj.key for url, e in zip(urls, self.entries, strict=True)})
         work: list[_Work] = []
-        salt = ctx.plan.digest + ctx.schema.digest
-        texts: dict[tuple[int, ...], str] = {}  # layers shared by many entries of this batch, rendered once
-        fingerprint = ctx.plan.fingerprint if ctx.ledger is not None else None  # only the ledger reads them
-        for entry, url, c in zip(self.entries, urls, cheap, strict=True):
-            fp = fingerprint(entry, c, salt, texts) if fingerprint is not None else ""
+        # only the ledger reads fingerprints
+        prints = fingerprints(ctx, self.entries, cheap) if ctx.ledger is not None else [""] * len(cheap)
+        for entry, url, c, fp in zip(self.entries, urls, cheap, prints, strict=True):
             row = rows.get(url)
             w = _Work(entry, url, c, fp, row)
             if url in self.reconciled and row is not None:
@@ -238,7 +236,7 @@ class _Batch:
                 self._row(w, State.REGISTERED, fingerprint=row.fingerprint, metadata_hash=row.metadata_hash,
                           data_hash=row.data_hash, job_id=row.job_id)  # fmt: skip
                 continue
-            if row is not None and row.fingerprint == fp and row.state in (State.REGISTERED, State.SKIPPED):
+            if row is not None and _done(row, fp):
                 if _staged_member(row):
                     self.touched.append(url)  # counted when its group is settled after the listing
                     self.report.staged += 1
@@ -533,6 +531,19 @@ def process_batch(ctx: RunContext, number: int, entries: Sequence[Entry]) -> Bat
     return _Batch(ctx, number, entries).run()
 
 
+def fingerprints(ctx: RunContext, entries: Sequence[Entry], cheap: Sequence[Cheap]) -> list[str]:
+    """Each entry's fingerprint; layers shared by many entries of the batch are rendered once."""
+    salt = ctx.plan.digest + ctx.schema.digest
+    texts: dict[tuple[int, ...], str] = {}
+    fingerprint = ctx.plan.fingerprint
+    return [fingerprint(entry, c, salt, texts) for entry, c in zip(entries, cheap, strict=True)]
+
+
+def _done(row: Row, fingerprint: str) -> bool:
+    """Recorded as registered or skipped from exactly these inputs: nothing to do again."""
+    return row.fingerprint == fingerprint and row.state in (State.REGISTERED, State.SKIPPED)
+
+
 def _staged_member(row: Row) -> bool:
     """A registered member of a grouped item: settled with its group after the listing, not here."""
     return bool(row.group_key) and row.state == State.REGISTERED
@@ -563,20 +574,12 @@ def _drop_unchanged(ctx: RunContext, number: int, entries: Sequence[Entry]) -> t
     rows = ctx.ledger.lookup(urls)
     if not rows:  # a first run: everything is new
         return None, list(entries)
-    cheap = ctx.plan.cheap(entries, ctx.source.relative)
-    salt = ctx.plan.digest + ctx.schema.digest
-    texts: dict[tuple[int, ...], str] = {}
-    fingerprint = ctx.plan.fingerprint
+    prints = fingerprints(ctx, entries, ctx.plan.cheap(entries, ctx.source.relative))
     left: list[Entry] = []
     done: list[str] = []
-    for entry, url, c in zip(entries, urls, cheap, strict=True):
+    for entry, url, fp in zip(entries, urls, prints, strict=True):
         row = rows.get(url)
-        if (
-            row is not None
-            and row.state in (State.REGISTERED, State.SKIPPED)
-            and not _staged_member(row)
-            and row.fingerprint == fingerprint(entry, c, salt, texts)
-        ):
+        if row is not None and _done(row, fp) and not _staged_member(row):
             done.append(url)
         else:
             left.append(entry)

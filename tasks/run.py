@@ -290,7 +290,7 @@ def drive(
 
     def settle(report: BatchReport) -> None:
         part = screened.pop(report.number, None)
-        if part is not None and part is not report:
+        if part is not None:
             report.absorb(part)
         summary.add(report)
         if on_report is not None:
@@ -306,7 +306,11 @@ def drive(
             return
         settle(report)
 
-    def dispatch(work: Iterable[Any], send: Callable[[int, Any], Handle], screen: Any = None) -> None:
+    def dispatch(
+        work: Iterable[Any],
+        send: Callable[[int, Any], Handle],
+        screen: Callable[[int, Any], tuple[BatchReport | None, Any]] | None = None,
+    ) -> None:
         nonlocal dispatched
         try:
             for payload in work:
@@ -317,12 +321,12 @@ def drive(
                 dispatched += 1
                 if screen is not None:
                     part, payload = screen(dispatched, payload)
-                    if part is not None:
-                        screened[dispatched] = part
-                    if not payload:
+                    if not payload:  # nothing left to send: the screened part is the batch
                         if part is not None:
                             settle(part)
                         continue
+                    if part is not None:
+                        screened[dispatched] = part
                 in_flight.append(send(dispatched, payload))
         except Exception:
             # the listing or a screen failed: let the batches already sent finish (they hold
