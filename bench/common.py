@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from integrations.servers import Proc
+from integrations.servers import Proc, aws_env
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -205,6 +205,22 @@ def aws_worker_env(endpoint: str) -> dict[str, str]:
     from integrations.servers import aws_env
 
     return aws_env(endpoint)
+
+
+def moto_s3_client(endpoint: str, *, pool: int = 10) -> Any:
+    """A boto3 S3 client on the bench's moto server (moto takes any credentials)."""
+    import boto3
+    from botocore.config import Config
+
+    creds = aws_env(endpoint)
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=creds["AWS_DEFAULT_REGION"],
+        aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+        config=Config(max_pool_connections=pool),
+    )
 
 
 def wait_idle(pids: list[int], *, cores: float = 0.1, window: float = 2.0, timeout: float = 90.0) -> float:

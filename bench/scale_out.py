@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script
     sys.path.insert(0, str(ROOT))
 
+from bench.common import moto_s3_client  # noqa: E402
 from integrations import servers  # noqa: E402
 from integrations.servers import aws_env, make_keypair  # noqa: E402
 
@@ -59,11 +60,7 @@ def _drop(name: str) -> None:
 
 
 def _seed(endpoint: str, bucket: str, objects: int, shards: int) -> None:
-    import boto3
-    from botocore.config import Config
-
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                      aws_secret_access_key="testing", config=Config(max_pool_connections=16))  # fmt: skip
+    s3 = moto_s3_client(endpoint, pool=16)
     s3.create_bucket(Bucket=bucket)
     from concurrent.futures import ThreadPoolExecutor
 

@@ -20,7 +20,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench.*` and the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULT_PREFIX, peak_rss_mb, rss_mb, timed
+from bench.common import RESULT_PREFIX, moto_s3_client, peak_rss_mb, rss_mb, timed
 
 Job = Callable[[dict[str, Any]], dict[str, Any]]
 JOBS: dict[str, Job] = {}
@@ -31,18 +31,10 @@ def job(fn: Job) -> Job:
     return fn
 
 
-def _s3_client(endpoint: str) -> Any:
-    import boto3
-
-    return boto3.client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
-    )
-
-
 @job
 def list_boto3(args: dict[str, Any]) -> dict[str, Any]:
     """A bare boto3 paginator loop at PageSize 1000: the keys, nothing else."""
-    client = _s3_client(args["endpoint"])
+    client = moto_s3_client(args["endpoint"])
 
     def run() -> int:
         n = 0
@@ -107,7 +99,7 @@ def key_fidelity(args: dict[str, Any]) -> dict[str, Any]:
     """Each ODD_KEYS key alone in a bucket, listed by boto3 and by obstore: which come back unchanged."""
     import obstore
 
-    client = _s3_client(args["endpoint"])
+    client = moto_s3_client(args["endpoint"])
     out: dict[str, Any] = {}
     for i, key in enumerate(ODD_KEYS):
         bucket = f"key-fidelity-{i}"
@@ -245,7 +237,7 @@ def naive(args: dict[str, Any]) -> dict[str, Any]:
     )
     integration = next(i for i in client.get_cloud_integrations() if i.title == args["integration"])
     folder = client.create_storage_folder(args["folder"], "naive benchmark")
-    s3 = _s3_client(os.environ["AWS_ENDPOINT_URL"])
+    s3 = moto_s3_client(os.environ["AWS_ENDPOINT_URL"])
     limit, budget = int(args["objects"]), float(args["seconds"])
 
     def keys() -> Iterator[str]:

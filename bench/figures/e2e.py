@@ -11,10 +11,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import boto3
 import requests
 
-from bench.common import BUCKET, PATH_METADATA, BenchError, Figure, aws_worker_env, rate, run_worker, wait_idle
+from bench.common import (
+    BUCKET,
+    PATH_METADATA,
+    BenchError,
+    Figure,
+    aws_worker_env,
+    moto_s3_client,
+    rate,
+    run_worker,
+    wait_idle,
+)
 from bench.context import Context
 from bench.figures.listing import PAGE_LATENCY, bare_with_latency, page_latency
 from bench.moto_seeded import layout
@@ -264,7 +273,7 @@ def _metadata_changes(ctx: Context, params: dict[str, Any], env: dict[str, str])
     objects = ctx.sizes.moto_objects
     step = max(1, objects // CHANGED)
     keys = [key for i, key in enumerate(layout(objects)) if i % step == 0][:CHANGED]
-    s3 = boto3.client("s3", **_boto3_kwargs(env))
+    s3 = moto_s3_client(env["AWS_ENDPOINT_URL"])
     for key in keys:
         body = json.dumps({"reviewed": True, "review_batch": "bench"}).encode()
         s3.put_object(Bucket=BUCKET, Key=key + ".metadata.json", Body=body)
@@ -290,12 +299,3 @@ def _metadata_changes(ctx: Context, params: dict[str, Any], env: dict[str, str])
             "run": run,
         },
     )
-
-
-def _boto3_kwargs(env: dict[str, str]) -> dict[str, Any]:
-    return {
-        "endpoint_url": env["AWS_ENDPOINT_URL"],
-        "region_name": env.get("AWS_DEFAULT_REGION", "us-east-1"),
-        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
-    }
