@@ -120,6 +120,18 @@ def key_fidelity(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+STORE_MODULES = {"s3": "s3", "gs": "gcs", "az": "azure", "file": "file"}
+
+
+def _import_store(source: str) -> None:
+    """Import the source's store module (boto3, ...) before the clock starts, as the bare listers do."""
+    import importlib
+
+    scheme = source.partition("://")[0]
+    if scheme in STORE_MODULES:
+        importlib.import_module(f"integrations.storage.{STORE_MODULES[scheme]}")
+
+
 @job
 def manifest(args: dict[str, Any]) -> dict[str, Any]:
     """The real `encord-ingest manifest` path (tasks.manifest_only.write_manifests), timed and RSS-sampled."""
@@ -130,6 +142,7 @@ def manifest(args: dict[str, Any]) -> dict[str, Any]:
     from tasks.run import IngestParams
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    _import_store(args["source"])
     with tempfile.TemporaryDirectory(prefix="encord-ingest-bench-") as tmp:
         params = IngestParams(
             source=args["source"],

@@ -30,15 +30,16 @@ from tasks.classify import by_content_type, by_extension, unsupported_reason
 from tasks.deadletter import DeadLetters
 from tasks.dicom import PREAMBLE_BYTES, DicomHeader, HeaderTooLarge, has_preamble, read_header
 from tasks.listing import ListingOptions
-from tasks.manifest import DEFAULT_BATCH_BYTES, entry_size_estimate, render_manifest, split_by_limits
+from tasks.manifest import DEFAULT_BATCH_BYTES, Line, entry_size_estimate, item_line, render_lines, split_lines
 from tasks.media import ProbeError
 from tasks.media import probe as probe_media
 from tasks.metadata import MAX_SIDECAR_BYTES, Cheap, MetadataError, MetadataPlan, parse_sidecar
 from tasks.observed import Observed
 from tasks.ordering import dicom_sort_key, natural_key
+from tasks.plain import plain_lines
 from tasks.schema import Schema
 from tasks.upload import upload_with_retries
-from tasks.validate import validate_and_encode
+from tasks.validate import validate_remembered
 
 log = logging.getLogger("encord_ingest.batch")
 
@@ -409,20 +410,7 @@ class _Batch:
         return new, updates
 
     def _validate(self, merged: dict[str, Any]) -> tuple[dict[str, Any], Any, str]:
-        """`validate_and_encode`, remembered for flat metadata that repeats (path, table, set values
-        are shared by thousands of objects); nested values are always validated afresh."""
-        memo = self.ctx.memo
-        try:
-            key = tuple((k, v.__class__, v) for k, v in merged.items())  # 1 == True: types are part of it
-            hit = memo.get(key)
-        except TypeError:  # unhashable (nested) values
-            return validate_and_encode(merged, self.ctx.schema)
-        if hit is None:
-            hit = validate_and_encode(merged, self.ctx.schema)
-            if len(memo) > 4096:
-                memo.clear()
-            memo[key] = hit
-        return hit
+        return validate_remembered(merged, self.ctx.schema, self.ctx.memo)
 
     def _group_of(self, w: _Work, kind: ItemKind) -> tuple[ItemKind, str, str] | None:
         """(group kind, group key, sort key) when the object is one member of a grouped item."""
@@ -507,13 +495,15 @@ class _Batch:
 
     def run(self) -> BatchReport:
         started = time.monotonic()
+        listed = self.entries
+        plain: list[Line | None] = []
+        if self.ctx.uploader is None and self.ctx.ledger is None:  # nothing recorded: plain objects go straight
+            plain, self.entries = plain_lines(self.ctx, listed, self.report.observed)
         work = self.prepare()
         self.fetch(work)
         new, updates = self.build(work)
         if self.ctx.uploader is None:
-            items = [w.item for w in new if w.item is not None]
-            for chunk in split_by_limits(items, max_items=len(items) or 1, max_bytes=self.ctx.options.batch_bytes):
-                self.report.manifests.append(render_manifest(chunk))
+            self.write_manifests(listed, plain, new)
         else:
             self.submit(new)
             self.update(updates)
@@ -525,6 +515,22 @@ class _Batch:
             self.ctx.ledger.record(self.ledger_rows, seen=self.seen, run_id=self.ctx.run_id)
         self.report.seconds = time.monotonic() - started
         return self.report
+
+    def write_manifests(self, listed: Sequence[Entry], plain: list[Line | None], new: list[_Work]) -> None:
+        """Manifest texts for a run that submits nothing, entries in listing order whichever path made them."""
+        full = {id(w.entry): item_line(w.item) for w in new if w.item is not None}
+        if not plain:
+            lines: list[Line] = list(full.values())
+        elif not full:
+            lines = [line for line in plain if line is not None]
+        else:
+            lines = []
+            for entry, line in zip(listed, plain, strict=True):
+                line = line or full.get(id(entry))
+                if line is not None:
+                    lines.append(line)
+        for chunk in split_lines(lines, max_items=len(lines) or 1, max_bytes=self.ctx.options.batch_bytes):
+            self.report.manifests.append(render_lines(chunk))
 
 
 def process_batch(ctx: RunContext, number: int, entries: Sequence[Entry]) -> BatchReport:

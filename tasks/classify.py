@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from encord_ingest.models import ItemKind
 
-_BY_EXTENSION: dict[str, ItemKind] = {
+EXTENSION_KINDS: dict[str, ItemKind] = {
     **dict.fromkeys(("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "avif"), ItemKind.IMAGE),
     **dict.fromkeys(("mp4", "mov", "webm", "mkv", "avi", "m4v"), ItemKind.VIDEO),
     **dict.fromkeys(("mp3", "wav", "flac", "aac", "m4a", "ogg", "opus", "eac3"), ItemKind.AUDIO),
@@ -30,14 +30,21 @@ _UNSUPPORTED_CONTENT_TYPES = ("image/svg+xml", "image/x-icon", "image/vnd.adobe.
 
 
 def extension(key: str) -> str:
-    name = key.rsplit("/", 1)[-1].lower()
-    if name.endswith(".nii.gz"):
+    """Lower-case extension of the key's last path part ("" if none); `nii.gz` counts as one.
+
+    Runs for every listed object, so it slices once instead of splitting the path.
+    """
+    dot = key.rfind(".")
+    if dot < 0 or key.find("/", dot) >= 0:  # no dot, or the last dot is in a folder name
+        return ""
+    ext = key[dot + 1 :].lower()
+    if ext == "gz" and key[-7:].lower() == ".nii.gz":
         return "nii.gz"
-    return name.rsplit(".", 1)[1] if "." in name else ""
+    return ext
 
 
 def by_extension(key: str) -> ItemKind | None:
-    return _BY_EXTENSION.get(extension(key))
+    return EXTENSION_KINDS.get(extension(key))
 
 
 def by_content_type(content_type: str) -> ItemKind | None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
-from json.encoder import encode_basestring
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from json.encoder import encode_basestring as _quote  # json.dumps(str, ensure_ascii=False), no encoder built
+from typing import Any, TypeVar
 
 from encord_ingest.models import Item, ItemKind
 
@@ -24,7 +24,7 @@ SECTION = {
     ItemKind.DICOM_SERIES: "dicom_series",
 }
 
-_SINGLE = frozenset((ItemKind.IMAGE, ItemKind.VIDEO, ItemKind.AUDIO, ItemKind.PDF, ItemKind.TEXT, ItemKind.NIFTI))
+SINGLE_FILE = frozenset((ItemKind.IMAGE, ItemKind.VIDEO, ItemKind.AUDIO, ItemKind.PDF, ItemKind.TEXT, ItemKind.NIFTI))
 
 _MEDIA_METADATA = {ItemKind.VIDEO: "videoMetadata", ItemKind.AUDIO: "audioMetadata", ItemKind.IMAGE: "imageMetadata"}
 
@@ -55,7 +55,12 @@ def entry_size_estimate(url: str, title: str, metadata_json: str) -> int:
 
     UTF-8 length, doubled for the URL and title in case of escapes, plus the keys and punctuation.
     """
-    return len(metadata_json.encode("utf-8")) + 2 * (len(url.encode("utf-8")) + len(title.encode("utf-8"))) + 96
+    return _nbytes(metadata_json) + 2 * (_nbytes(url) + _nbytes(title)) + 96
+
+
+def _nbytes(text: str) -> int:
+    """UTF-8 length; an ASCII str (most keys) knows it without encoding."""
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 def build_manifest(items: Iterable[Item], *, skip_duplicate_urls: bool = True) -> dict[str, Any]:
@@ -66,21 +71,80 @@ def build_manifest(items: Iterable[Item], *, skip_duplicate_urls: bool = True) -
     return manifest
 
 
+T = TypeVar("T")
+
+
+def _split(things: Iterable[T], size_of: Callable[[T], int], max_items: int, max_bytes: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    size = 0
+    for thing in things:
+        n = size_of(thing)
+        if chunk and (len(chunk) >= max_items or size + n > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(thing)
+        size += n
+    if chunk:
+        yield chunk
+
+
+def _item_size(item: Item) -> int:
+    return item.extra.get("entry_size") or entry_size(manifest_entry(item))
+
+
 def split_by_limits(
     items: Iterable[Item], *, max_items: int = DEFAULT_BATCH_SIZE, max_bytes: int = DEFAULT_BATCH_BYTES
 ) -> Iterator[list[Item]]:
     """Chunks that respect both limits; an item bigger than `max_bytes` travels alone."""
-    chunk: list[Item] = []
-    size = 0
-    for item in items:
-        n = item.extra.get("entry_size") or entry_size(manifest_entry(item))
-        if chunk and (len(chunk) >= max_items or size + n > max_bytes):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(item)
-        size += n
-    if chunk:
-        yield chunk
+    return _split(items, _item_size, max_items, max_bytes)
+
+
+# One manifest entry already encoded: (section, JSON text, byte budget). The budget is what
+# `split_by_limits` counts for the same item, so manifest files are cut exactly where an upload
+# run cuts its jobs. A plain tuple: one is made per object.
+Line = tuple[str, str, int]
+
+
+def single_line(section: str, url: str, title: str, metadata_json: str) -> Line:
+    """A single-file entry from its parts; `metadata_json` is the canonical clientMetadata text."""
+    text = f'{{"objectUrl":{_quote(url)},"title":{_quote(title)},"clientMetadata":{metadata_json}}}'
+    return section, text, _nbytes(metadata_json) + 2 * (_nbytes(url) + _nbytes(title)) + 96
+
+
+def item_line(item: Item) -> Line:
+    encoded = item.extra.get("metadata_json")
+    section = SECTION[item.kind]
+    if encoded is not None and item.kind in SINGLE_FILE and not item.extra.get("media_metadata"):
+        section, text, size = single_line(section, item.url, item.title, encoded)
+        return section, text, item.extra.get("entry_size") or size
+    text = json.dumps(manifest_entry(item), ensure_ascii=False, separators=(",", ":"))
+    return section, text, item.extra.get("entry_size") or len(text.encode("utf-8")) + 1
+
+
+def split_lines(
+    lines: Iterable[Line], *, max_items: int = DEFAULT_BATCH_SIZE, max_bytes: int = DEFAULT_BATCH_BYTES
+) -> Iterator[list[Line]]:
+    """`split_by_limits` for encoded entries."""
+    return _split(lines, _line_size, max_items, max_bytes)
+
+
+def _line_size(line: Line) -> int:
+    return line[2]
+
+
+def render_lines(lines: Iterable[Line], *, skip_duplicate_urls: bool = True) -> tuple[str, int]:
+    """The manifest as JSON text and its entry count."""
+    sections: dict[str, list[str]] = {}
+    count = 0
+    for section, text, _ in lines:
+        count += 1
+        entries = sections.get(section)
+        if entries is None:
+            entries = sections[section] = []
+        entries.append(text)
+    body = ",".join(f'"{name}":[{",".join(entries)}]' for name, entries in sections.items())
+    flag = f'"skip_duplicate_urls":{"true" if skip_duplicate_urls else "false"}'
+    return "{" + (body + "," if body else "") + flag + "}", count
 
 
 def render_manifest(items: Iterable[Item], *, skip_duplicate_urls: bool = True) -> tuple[str, int]:
@@ -89,18 +153,4 @@ def render_manifest(items: Iterable[Item], *, skip_duplicate_urls: bool = True) 
     Equivalent to `json.dumps(build_manifest(items))` (a test checks it), without encoding every
     item's metadata a second time: at millions of objects the manifest-only path is mostly this.
     """
-    dumps = json.dumps
-    quote = encode_basestring  # json.dumps(text, ensure_ascii=False) for a str, without building an encoder
-    sections: dict[str, list[str]] = {}
-    count = 0
-    for item in items:
-        count += 1
-        encoded = item.extra.get("metadata_json")
-        if encoded is not None and item.kind in _SINGLE and not item.extra.get("media_metadata"):
-            text = f'{{"objectUrl":{quote(item.url)},"title":{quote(item.title)},"clientMetadata":{encoded}}}'
-        else:
-            text = dumps(manifest_entry(item), ensure_ascii=False, separators=(",", ":"))
-        sections.setdefault(SECTION[item.kind], []).append(text)
-    body = ",".join(f'"{name}":[{",".join(entries)}]' for name, entries in sections.items())
-    flag = f'"skip_duplicate_urls":{"true" if skip_duplicate_urls else "false"}'
-    return "{" + (body + "," if body else "") + flag + "}", count
+    return render_lines(map(item_line, items), skip_duplicate_urls=skip_duplicate_urls)

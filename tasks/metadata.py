@@ -144,6 +144,10 @@ class Cheap:
     problem: MetadataError | None = None
 
 
+def _path_layer(m: re.Match[str]) -> dict[str, Any]:
+    return {k: v for k, v in m.groupdict().items() if v is not None}
+
+
 def _layers_text(layers: Sequence[dict[str, Any] | None]) -> str:
     return "\x1f".join(repr(sorted(layer.items())) if layer else "-" for layer in layers)
 
@@ -193,16 +197,18 @@ class MetadataPlan:
 
         A path layer is a function of the regex's groups, so equal groups share one dict (thousands
         of objects share a site or camera): fewer allocations here, and `fingerprint` and the
-        validation memo see the same object again.
+        validation memo see the same object again. Without tables the whole Cheap is shared by the
+        entries whose groups are equal, so callers may remember work by its id.
         """
         keys = [e.obj.key for e in entries]
+        if not self.tables:
+            return self._cheap_from_paths(keys, relative)
         looked_up = {i: t.lookup(keys) for i, t in self.tables.items()}
         path_layers: dict[tuple[int, tuple[str | None, ...]], dict[str, Any]] = {}
-        constants = {n: {s.name: s.value} for n, s in enumerate(self.specs) if isinstance(s, SetSpec)}
+        constants = self._constants()
         empty: dict[str, Any] = {}
         out: list[Cheap] = []
-        for entry in entries:
-            key = entry.obj.key
+        for key in keys:
             layers: list[dict[str, Any] | None] = []
             problem: MetadataError | None = None
             for n, spec in enumerate(self.specs):
@@ -215,7 +221,7 @@ class MetadataPlan:
                         memo_key = (n, m.groups())
                         layer = path_layers.get(memo_key)
                         if layer is None:
-                            layer = path_layers[memo_key] = {k: v for k, v in m.groupdict().items() if v is not None}
+                            layer = path_layers[memo_key] = _path_layer(m)
                 elif isinstance(spec, TableSpec):
                     row = looked_up[spec.index].get(key, empty)
                     if isinstance(row, DuplicateRows):
@@ -228,6 +234,38 @@ class MetadataPlan:
                     layer = constants[n]
                 layers.append(layer)
             out.append(Cheap(layers, problem))
+        return out
+
+    def _constants(self) -> dict[int, dict[str, Any]]:
+        return {n: {s.name: s.value} for n, s in enumerate(self.specs) if isinstance(s, SetSpec)}
+
+    def _cheap_from_paths(self, keys: list[str], relative: Any) -> list[Cheap]:
+        """`cheap` without tables: the layers depend on a key only through the path regexes' groups."""
+        constants = self._constants()
+        base: list[dict[str, Any] | None] = [constants.get(n) for n in range(len(self.specs))]
+        paths = [(n, spec.regex.search) for n, spec in enumerate(self.specs) if isinstance(spec, PathSpec)]
+        if not paths:
+            return [Cheap(base)] * len(keys)
+        shared: dict[Any, Cheap] = {}
+        out: list[Cheap] = []
+        append = out.append
+        single = paths[0][1] if len(paths) == 1 else None
+        for key in keys:
+            rel = relative(key)
+            if single is not None:  # the common case, kept cheap
+                m = single(rel) or (single(key) if rel != key else None)
+                found: Any = m.groups() if m is not None else None
+            else:
+                matches = [search(rel) or (search(key) if rel != key else None) for _, search in paths]
+                found = tuple(m.groups() if m is not None else None for m in matches)
+            cheap = shared.get(found)
+            if cheap is None:
+                layers = list(base)
+                for n, search in paths:
+                    m = search(rel) or (search(key) if rel != key else None)
+                    layers[n] = _path_layer(m) if m is not None else {}
+                cheap = shared[found] = Cheap(layers)
+            append(cheap)
         return out
 
     def fingerprint(

@@ -8,10 +8,12 @@ usage or credentials problem ends the run with nothing sent.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import re
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -259,6 +261,35 @@ def guarded_group_batch(ctx: RunContext, number: int, groups: list[Group]) -> Ba
         return BatchReport(number=number, listed=len(members), failed=len(members))
 
 
+_GC_LOCK = threading.Lock()
+_GC_RUNS = [0]
+_GC_SAVED: list[tuple[int, int, int]] = []
+# A run makes a few short-lived objects per listed object; at the default threshold (700) the
+# collector would run every few hundred objects and, now and then, walk every object the SDKs
+# loaded (~160k): about a third of a manifest-only run's time at 100k objects.
+RUN_GC_THRESHOLD = (100_000, 50, 100)
+
+
+@contextmanager
+def steady_gc() -> Iterator[None]:
+    """While runs are going: what was loaded before is frozen out of collections, and gen-0
+    collections come every 100k allocations instead of 700. Cycles are still collected."""
+    with _GC_LOCK:
+        _GC_RUNS[0] += 1
+        if _GC_RUNS[0] == 1:
+            _GC_SAVED[:] = [gc.get_threshold()]
+            gc.freeze()
+            gc.set_threshold(*RUN_GC_THRESHOLD)
+    try:
+        yield
+    finally:
+        with _GC_LOCK:
+            _GC_RUNS[0] -= 1
+            if _GC_RUNS[0] == 0:
+                gc.set_threshold(*_GC_SAVED[0])
+                gc.unfreeze()
+
+
 def drive(
     ctx: RunContext,
     params: IngestParams,
@@ -276,6 +307,21 @@ def drive(
     `screen` (e.g. `tasks.batch.drop_unchanged`) takes entries out of a batch before it is sent;
     its report joins the report of what was sent, or stands alone when nothing was left to send.
     """
+    with steady_gc():
+        return _drive(ctx, params, submit, wait_first, on_report, batches, stats, submit_groups, screen)
+
+
+def _drive(
+    ctx: RunContext,
+    params: IngestParams,
+    submit: Callable[[int, list[Entry]], Handle],
+    wait_first: Callable[[list[Handle]], Handle],
+    on_report: Callable[[BatchReport, RunSummary, int], None] | None,
+    batches: Iterable[list[Entry]] | None,
+    stats: ListingStats | None,
+    submit_groups: Callable[[int, list[Group]], Handle] | None,
+    screen: Callable[[int, list[Entry]], tuple[BatchReport | None, list[Entry]]] | None,
+) -> RunSummary:
     summary = RunSummary(run_id=ctx.run_id)
     explicit_batches = batches is not None
     if batches is None:

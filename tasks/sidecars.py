@@ -7,12 +7,15 @@ closed as soon as the listing has moved past its range, which keeps only a few g
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from encord_ingest.models import Entry, ObjectRef
 
 DEFAULT_SIDECAR_SUFFIX = ".metadata.json"
+# Per line of "\n"-joined keys: everything up to the name's first dot (`group_prefix` minus the dot).
+_STEM = re.compile(r"^(?:[^\n]*/)?[^/.\n]*", re.M)
 
 
 @dataclass(slots=True)
@@ -75,6 +78,40 @@ class SidecarPairer:
 
     def feed(self, page: Iterable[ObjectRef]) -> Paired:
         out = Paired()
+        page = page if isinstance(page, list) else list(page)
+        if len(page) > 2 and self._feed_apart(page, out):
+            return out
+        self._feed_each(page, out)
+        return out
+
+    def _feed_apart(self, page: list[ObjectRef], out: Paired) -> bool:
+        """The common page, at once: no JSON file in it, and every object alone in its group.
+
+        Then each object but the last is closed, sidecar-less, by the key after it, as `_feed_each`
+        would close it; the last one stays open (its sidecar may open the next page). Returns False,
+        having changed nothing, when the page is not like that.
+        """
+        keys = [ref.key for ref in page]
+        joined = "\n".join(keys)
+        if ".json" in joined.lower() or joined.count("\n") != len(keys) - 1:
+            return False
+        stems = _STEM.findall(joined)  # dir/stem of each key: its group prefix without the dot
+        if len(stems) != len(keys) or any(map(str.startswith, keys[1:], stems)):
+            return False  # a key shares its neighbour's stem (a.jpg + a.png): pair the slow way
+        if not all(map(str.__lt__, keys, keys[1:])):
+            return False  # not in key order: the slow way decides what it makes of that
+        if any(is_json(ref.key) for group in self._open.values() for ref in group):
+            return False
+        self._feed_each(page[:1], out)
+        if list(self._open) != [stems[0] + "."] or len(self._open[stems[0] + "."]) != 1:  # joined open groups
+            self._feed_each(page[1:], out)
+            return True
+        self._open.clear()
+        out.entries.extend(map(Entry, page[:-1]))
+        self._open[stems[-1] + "."] = [page[-1]]
+        return True
+
+    def _feed_each(self, page: list[ObjectRef], out: Paired) -> None:
         open_groups = self._open
         for ref in page:
             key = ref.key
@@ -86,7 +123,6 @@ class SidecarPairer:
                 for prefix in [p for p in open_groups if key > p and not key.startswith(p)]:
                     _resolve(open_groups.pop(prefix), self.suffix, out)
             open_groups.setdefault(group_prefix(key), []).append(ref)
-        return out
 
     def finish(self) -> Paired:
         out = Paired()

@@ -272,3 +272,21 @@ def validate_and_encode(
         message = f"clientMetadata is {size:,} bytes as JSON; Encord's limit is {MAX_METADATA_BYTES:,}"
         return {}, Violation("", "size.limit", message), ""
     return out, None, encoded
+
+
+def validate_remembered(
+    merged: dict[str, Any], schema: Schema, memo: dict[Any, Any]
+) -> tuple[dict[str, Any], Violation | None, str]:
+    """`validate_and_encode`, remembered in `memo` for flat metadata that repeats (path, table and
+    set values are shared by thousands of objects); nested values are always validated afresh."""
+    try:
+        key = tuple((k, v.__class__, v) for k, v in merged.items())  # 1 == True: types are part of it
+        hit = memo.get(key)
+    except TypeError:  # unhashable (nested) values
+        return validate_and_encode(merged, schema)
+    if hit is None:
+        hit = validate_and_encode(merged, schema)
+        if len(memo) > 4096:
+            memo.clear()
+        memo[key] = hit
+    return hit

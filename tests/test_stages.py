@@ -393,11 +393,14 @@ def test_s3_contents_reader_one_pass_and_block_by_block_agree() -> None:
     )
     k2 = "<Key>k2</Key><LastModified>m2</LastModified>"
     shuffled = ordered.replace(k2, "<LastModified>m2</LastModified><Key>k2</Key>")
-    for contents in (ordered, shuffled):
+    # not side by side: whatever sits between the elements must reach botocore
+    between = "\n<CommonPrefixes><Prefix>p/</Prefix></CommonPrefixes>"
+    apart = ordered.replace("</Contents><Contents>", f"</Contents>{between}<Contents>")
+    for contents, left in ((ordered, ""), (shuffled, ""), (apart, between)):
         refs, rest = parse_contents(f"<ListBucketResult>{contents}<EncodingType>url</EncodingType></ListBucketResult>")
         seen = [(r.key, r.size, r.etag, r.last_modified) for r in refs]
         assert seen == [("k 1", 5, "e1", "m1"), ("k2", 7, "e&2", "m2")]
-        assert rest == "<ListBucketResult><EncodingType>url</EncodingType></ListBucketResult>"
+        assert rest == f"<ListBucketResult>{left}<EncodingType>url</EncodingType></ListBucketResult>"
 
 
 def test_fingerprints_keep_their_text_whatever_is_cached() -> None:

@@ -34,20 +34,24 @@ _CONFIG = Config(
 )
 
 
-def _listing_client() -> Any:
-    """A client for listings only, with three costs removed (65 -> about 6 µs of CPU per key).
+def _clients() -> tuple[Any, Any]:
+    """(client, listing client) from one session, so the S3 model is loaded once (~90 ms each time).
 
-    Timestamps stay the strings S3 sent (no dateutil parse per key), the check for errors
-    hidden in 200 responses - which S3 sends for copy and multipart completion, not for lists -
-    is not run on every page, and `<Contents>` is read by `s3_contents` instead of botocore's
-    generic XML walk. Credentials, endpoint, retries and error parsing are the standard ones.
+    The listing client has three costs removed (65 -> about 2 µs of CPU per key): timestamps stay
+    the strings S3 sent (no dateutil parse per key), the check for errors hidden in 200
+    responses - which S3 sends for copy and multipart completion, not for lists - is not run on
+    every page, and `<Contents>` is read by `s3_contents` instead of botocore's generic XML walk.
+    Credentials, endpoint, retries and error parsing are the standard ones. The string timestamps
+    are a session setting, so the other client gets them too; nothing here reads its timestamps.
     """
     core = botocore.session.get_session()
     core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
-    client = boto3.session.Session(botocore_session=core).client("s3", config=_CONFIG)
-    client.meta.events.unregister("before-parse.s3.*", botocore.handlers._handle_200_error)
-    s3_contents.install(client)
-    return client
+    session = boto3.session.Session(botocore_session=core)
+    client = session.client("s3", config=_CONFIG)
+    lister = session.client("s3", config=_CONFIG)
+    lister.meta.events.unregister("before-parse.s3.*", botocore.handlers._handle_200_error)
+    s3_contents.install(lister)
+    return client, lister
 
 
 def _page_refs(page: dict[str, Any]) -> list[ObjectRef]:
@@ -74,8 +78,7 @@ class S3Store:
 
     def __init__(self, bucket: str, client: Any | None = None) -> None:
         self.bucket = bucket
-        self.client = client or boto3.session.Session().client("s3", config=_CONFIG)
-        self.lister = client or _listing_client()
+        self.client, self.lister = (client, client) if client is not None else _clients()
 
     def _translate(self, exc: Exception, key: str | None) -> Exception:
         """Map boto errors to our hierarchy; `key` is None for bucket-level calls.

@@ -21,12 +21,15 @@ from encord_ingest.models import ObjectRef
 RESULT_KEY = "FastContents"
 
 _CONTENTS = re.compile(r"<Contents>(.*?)</Contents>", re.S)
-# S3's own element order (Key, LastModified, ETag, [checksums], Size, ...), read in one pass;
-# a page in another order, or with a field missing, is read block by block instead.
+# S3's own element order (Key, LastModified, ETag, [checksums], Size, ...), read in one pass, the
+# ETag's quotes (escaped or not) left out; a page in another order, with a field missing or an
+# ETag that needs unescaping, is read block by block instead.
 _ORDERED = re.compile(
-    r"<Contents><Key>([^<]*)</Key><LastModified>([^<]*)</LastModified><ETag>([^<]*)</ETag>"
+    r"<Contents><Key>([^<]*)</Key><LastModified>([^<]*)</LastModified>"
+    r'<ETag>(?:&quot;|")?([^<&"]*)(?:&quot;|")?</ETag>'
     r"(?:<(?!Size>)(\w+)>[^<]*</\4>)*<Size>([0-9]+)</Size>"
 )
+_CLOSE = "</Contents>"
 _FIELD = re.compile(r"<(Key|LastModified|ETag|Size)>(.*?)</\1>", re.S)
 _URL_ENCODED = re.compile(r"<EncodingType>\s*url\s*</EncodingType>")
 
@@ -59,23 +62,34 @@ def parse_contents(body: str) -> tuple[list[ObjectRef], str]:
     if not blocks:
         return [], body
     url_encoded = _URL_ENCODED.search(body) is not None
-    rows = [(key, modified, etag, size) for key, modified, etag, _, size in _ORDERED.findall(body)]
-    if len(rows) != blocks:
-        rows = []
-        for block in _CONTENTS.findall(body):
-            fields = dict(_FIELD.findall(block))
-            rows.append(
-                (fields["Key"], fields.get("LastModified", ""), fields.get("ETag", ""), fields.get("Size") or "0")
-            )
     refs: list[ObjectRef] = []
     append = refs.append
-    for key, modified, etag, size in rows:
-        if "&" in key:
-            key = _text(key)
-        if url_encoded and ("%" in key or "+" in key):
-            key = unquote_str(key)
-        append(ObjectRef(key, int(size), _etag(etag), "", modified))
-    return refs, _CONTENTS.sub("", body)
+    rows = _ORDERED.findall(body)
+    if len(rows) == blocks:
+        for key, modified, etag, _, size in rows:
+            if "&" in key:
+                key = _text(key)
+            if url_encoded and ("%" in key or "+" in key):
+                key = unquote_str(key)
+            append(ObjectRef(key, int(size), etag, "", modified))
+    else:
+        for block in _CONTENTS.findall(body):
+            fields = dict(_FIELD.findall(block))
+            key = _text(fields["Key"])
+            if url_encoded:
+                key = unquote_str(key)
+            etag = _etag(fields.get("ETag", ""))
+            append(ObjectRef(key, int(fields.get("Size") or "0"), etag, "", fields.get("LastModified", "")))
+    return refs, _without_contents(body, blocks)
+
+
+def _without_contents(body: str, blocks: int) -> str:
+    """The page minus its `<Contents>` elements: one cut when they sit side by side, as S3 sends them."""
+    first = body.find("<Contents>")
+    end = body.rfind(_CLOSE) + len(_CLOSE)
+    if body.count(_CLOSE + "<Contents>", first, end) == blocks - 1 and body.count(_CLOSE, first, end) == blocks:
+        return body[:first] + body[end:]
+    return _CONTENTS.sub("", body)
 
 
 def _before_parse(response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any) -> None:

@@ -1,0 +1,192 @@
+"""The per-page and per-batch shortcuts of the hot path give exactly what the general code gives.
+
+Each shortcut is held against the code it stands in for, on generated keys that reach both sides
+of its conditions: sidecar pairing of pages at once (`SidecarPairer._feed_apart`), manifest lines
+straight from the listing for plain objects (`tasks.plain`), and the sliced `extension`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+import tasks.batch
+import tasks.run
+from encord_ingest.models import ObjectRef
+from integrations.storage import Source
+from integrations.storage.base import ObjectInfo, paged
+from tasks.batch import process_batch
+from tasks.classify import extension
+from tasks.run import IngestParams, open_context
+from tasks.sidecars import Paired, SidecarPairer
+
+# Pieces that make keys meet each other's groups: shared stems, dots, dashes, folders, JSON files.
+PARTS = st.sampled_from(["a", "b", "a.b", "cam", "x-y", "", "."])
+EXTS = st.sampled_from([".jpg", ".JPG", ".png", ".mp4", ".wav", ".dcm", ".txt", "", ".json", ".metadata.json",
+                        ".jpg.json", ".jpg.metadata.json", ".nii.gz", ".bin"])  # fmt: skip
+
+
+def _key(folders: list[str], name: str, ext: str) -> str:
+    return "".join(f"{f}/" for f in folders if f) + name + ext
+
+
+KEYS = st.lists(st.builds(_key, st.lists(PARTS, max_size=2), PARTS, EXTS), min_size=1, max_size=60, unique=True).map(
+    sorted
+)
+
+
+def _general(pairer: SidecarPairer, page: list[ObjectRef]) -> Paired:
+    out = Paired()
+    pairer._feed_each(page, out)
+    return out
+
+
+def _shape(out: Paired) -> tuple[list[tuple[str, str | None]], list[str]]:
+    return [(e.obj.key, e.sidecar.key if e.sidecar else None) for e in out.entries], [o.key for o in out.orphans]
+
+
+@settings(max_examples=300, deadline=None)
+@given(KEYS, st.integers(min_value=1, max_value=9))
+@example(["a/0.jpg", "a/1.jpg", "a/x.jpg", "a/x.png", "a/y.jpg", "a/z.jpg"], 3)  # a group across two pages
+@example(["a/readme", "a/readme-2.jpg", "a/readme-3.jpg", "a/readme.json", "b.jpg"], 3)  # groups left open
+def test_pairing_pages_at_once_equals_key_by_key(keys: list[str], page_size: int) -> None:
+    refs = [ObjectRef(k, 1) for k in keys]
+    fast, slow = SidecarPairer(), SidecarPairer()
+    for page in paged(refs, page_size):
+        assert _shape(fast.feed(page)) == _shape(_general(slow, page))
+        assert {p: [r.key for r in g] for p, g in fast._open.items()} == {
+            p: [r.key for r in g] for p, g in slow._open.items()
+        }
+    assert _shape(fast.finish()) == _shape(slow.finish())
+
+
+def test_pairing_at_once_is_taken_for_plain_pages() -> None:
+    """The equality above would hold trivially if the shortcut never ran."""
+    page = [ObjectRef(f"site/cam/frame_{i:04d}.jpg", 1) for i in range(100)]
+    pairer = SidecarPairer()
+    out = Paired()
+    assert pairer._feed_apart(page, out)
+    assert len(out.entries) == 99 and list(pairer._open) == ["site/cam/frame_0099."]
+    assert not pairer._feed_apart([*page, ObjectRef("site/cam/frame_0100.jpg.json", 1)], Paired())
+
+
+def _old_extension(key: str) -> str:
+    name = key.rsplit("/", 1)[-1].lower()
+    if name.endswith(".nii.gz"):
+        return "nii.gz"
+    return name.rsplit(".", 1)[1] if "." in name else ""
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("aZ./_-İßgzniNI")), max_size=20) | KEYS.map(lambda k: k[0]))
+def test_extension_equals_the_split_version(key: str) -> None:
+    assert extension(key) == _old_extension(key)
+
+
+class _Store:
+    """An in-memory bucket: sorted keys, sidecars that hold JSON, pages of seven."""
+
+    scheme = "s3"
+    bucket = "fast"
+
+    def __init__(self, sizes: dict[str, int]) -> None:
+        self.sizes = sizes
+
+    def list_pages(self, prefix: str, *, page_size: int = 1000) -> Iterator[list[ObjectRef]]:
+        refs = [ObjectRef(k, n, f"e{n}", "", "t") for k, n in sorted(self.sizes.items()) if k.startswith(prefix)]
+        yield from paged(refs, 7)
+
+    def list_level(self, prefix: str) -> Iterator[tuple[list[str], list[ObjectRef]]]:
+        raise AssertionError("fanout is 1 here")
+
+    def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        return json.dumps({"from_sidecar": key, "n": len(key)}).encode()
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        return b""
+
+    def head(self, key: str) -> ObjectInfo:
+        return ObjectInfo("application/octet-stream", {})
+
+    def download_to(self, key: str, path: Path) -> None:
+        raise FileNotFoundError(key)
+
+    def url_for(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def check_access(self, prefix: str) -> None:
+        return None
+
+
+def _report(sizes: dict[str, int], metadata: list[str], schema: Path, tmp: Path, *, plain: bool) -> dict[str, Any]:
+    store = _Store(sizes)
+    params = IngestParams(source="s3://fast/", metadata=metadata, schema_file=str(schema), fanout=1,
+                          state_dir=str(tmp / ("plain" if plain else "full")))  # fmt: skip
+    opened = mock.patch.object(tasks.run, "open_source", lambda url, **_: Source(url=url, store=store, prefix=""))
+    off = mock.patch.object(tasks.batch, "plain_lines", lambda ctx, entries, observed: ([None] * len(entries), entries))
+    with (
+        opened,
+        off if not plain else contextlib.nullcontext(),
+        open_context(params, run_id="r", uploader_factory=None, use_ledger=False) as ctx,
+    ):
+        pairer = SidecarPairer()
+        entries = [e for page in store.list_pages("") for e in pairer.feed(page).entries]
+        entries += pairer.finish().entries
+        report = process_batch(ctx, 1, entries)
+    observed = {k: (s.count, sorted(s.types), sorted(s.values)) for k, s in report.observed.keys.items()}
+    return {
+        "manifests": report.manifests,
+        "counts": (report.listed, report.skipped, report.failed, report.staged),
+        "skip_reasons": report.skip_reasons,
+        "observed": observed,
+    }
+
+
+SPECS = st.sampled_from(
+    [
+        [r"path:^(?P<site>[^/]*)/(?P<cam>[^/.]*)", "set:team=b"],
+        ["sidecar", r"path:(?P<n>\d)?"],
+        [r"path:(?P<site>a)", "set:bad key!=1"],  # a key Encord refuses: the full path dead-letters it
+        [],
+    ]
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(KEYS, st.lists(st.integers(min_value=0, max_value=3), min_size=60, max_size=60), SPECS)
+def test_plain_lines_equal_the_full_path(
+    tmp_path: Path, keys: list[str], sizes: list[int], metadata: list[str]
+) -> None:
+    schema = tmp_path / "schema.yaml"
+    schema.write_text("keys:\n  cam: number\n  team: varchar\n")  # `cam` from the path is often not a number
+    data = {k: sizes[i % len(sizes)] for i, k in enumerate(keys)}
+    assert _report(data, metadata, schema, tmp_path, plain=True) == _report(
+        data, metadata, schema, tmp_path, plain=False
+    )
+
+
+def test_plain_lines_carry_plain_batches(tmp_path: Path) -> None:
+    """A batch of plain objects never reaches the per-object path (else the parity above says little)."""
+    schema = tmp_path / "schema.yaml"
+    schema.write_text("keys: {}\n")
+    data = {f"site{i % 3}/cam/f{i:03d}.jpg": 5 for i in range(50)}
+    data["site0/cam/empty.jpg"] = 0
+    full: list[list[str]] = []
+    prepare = tasks.batch._Batch.prepare
+
+    def spy(self: Any) -> Any:
+        full.append([e.obj.key for e in self.entries])
+        return prepare(self)
+
+    with mock.patch.object(tasks.batch._Batch, "prepare", spy):
+        out = _report(data, [r"path:^(?P<site>[^/]+)/"], schema, tmp_path, plain=True)
+    assert full == [["site0/cam/empty.jpg"]], "only the empty object takes the per-object path"
+    assert out["counts"] == (51, 1, 0, 0)
+    assert sum(len(json.loads(text).get("images", [])) for text, _ in out["manifests"]) == 50
