@@ -232,11 +232,11 @@ def iter_batches(
         if len(stats.orphan_keys) < 20:
             stats.orphan_keys.extend(o.key for o in chunk.orphans[: 20 - len(stats.orphan_keys)])
         buf = buffers.setdefault(chunk.stream, [])
-        for entry in chunk.entries:
-            buf.append(entry)
-            if len(buf) >= batch_size:
-                yield buf
-                buf = buffers[chunk.stream] = []
+        buf.extend(chunk.entries)
+        if len(buf) >= batch_size:
+            for start in range(0, len(buf) - batch_size + 1, batch_size):
+                yield buf[start : start + batch_size]
+            buf = buffers[chunk.stream] = buf[len(buf) - len(buf) % batch_size :]
         if chunk.last:
             rest = buffers.pop(chunk.stream, [])
             if rest:

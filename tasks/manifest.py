@@ -105,17 +105,28 @@ def split_by_limits(
 Line = tuple[str, str, int]
 
 
-def single_line(section: str, url: str, title: str, metadata_json: str) -> Line:
-    """A single-file entry from its parts; `metadata_json` is the canonical clientMetadata text."""
-    text = f'{{"objectUrl":{_quote(url)},"title":{_quote(title)},"clientMetadata":{metadata_json}}}'
-    return section, text, _nbytes(metadata_json) + 2 * (_nbytes(url) + _nbytes(title)) + 96
+def single_lines(sections: list[str], urls: list[str], titles: list[str], metadata: list[str]) -> list[Line]:
+    """Single-file entries from their parts, column by column; `metadata` holds canonical clientMetadata texts."""
+    quote = _quote
+    texts = [
+        f'{{"objectUrl":{quote(url)},"title":{quote(title)},"clientMetadata":{meta}}}'
+        for url, title, meta in zip(urls, titles, metadata, strict=True)
+    ]
+    if "".join(urls).isascii() and "".join(titles).isascii() and "".join(metadata).isascii():
+        sizes = [
+            len(meta) + 2 * (len(url) + len(title)) + 96
+            for url, title, meta in zip(urls, titles, metadata, strict=True)
+        ]
+    else:  # `entry_size_estimate` measures UTF-8; for ASCII the lengths above are the same
+        sizes = list(map(entry_size_estimate, urls, titles, metadata))
+    return list(zip(sections, texts, sizes, strict=True))
 
 
 def item_line(item: Item) -> Line:
     encoded = item.extra.get("metadata_json")
     section = SECTION[item.kind]
     if encoded is not None and item.kind in SINGLE_FILE and not item.extra.get("media_metadata"):
-        section, text, size = single_line(section, item.url, item.title, encoded)
+        section, text, size = single_lines([section], [item.url], [item.title], [encoded])[0]
         return section, text, item.extra.get("entry_size") or size
     text = json.dumps(manifest_entry(item), ensure_ascii=False, separators=(",", ":"))
     return section, text, item.extra.get("entry_size") or len(text.encode("utf-8")) + 1

@@ -250,8 +250,10 @@ class MetadataPlan:
         out: list[Cheap] = []
         append = out.append
         single = paths[0][1] if len(paths) == 1 else None
+        # `Source.relative` of a source at the bucket's root gives the key back: skip a call per key
+        at_root = getattr(getattr(relative, "__self__", None), "prefix", None) == ""
         for key in keys:
-            rel = relative(key)
+            rel = key if at_root else relative(key)
             if single is not None:  # the common case, kept cheap
                 m = single(rel) or (single(key) if rel != key else None)
                 found: Any = m.groups() if m is not None else None

@@ -10,12 +10,13 @@ the same lines for plain objects (a test holds both to it).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from encord_ingest.models import Entry, ItemKind
 from tasks.classify import EXTENSION_KINDS, extension
-from tasks.manifest import SECTION, SINGLE_FILE, Line, single_line
+from tasks.manifest import SECTION, SINGLE_FILE, Line, single_lines
 from tasks.observed import Observed
 from tasks.validate import validate_remembered
 
@@ -50,31 +51,43 @@ def plain_lines(ctx: Any, entries: Sequence[Entry], observed: Observed) -> tuple
     uses_sidecar = plan.uses_sidecar
     schema, memo, merge = ctx.schema, ctx.memo, plan.merge
     by_cheap: dict[int, tuple[dict[str, Any], Any, str]] = {}  # Cheaps are shared and live as long as the batch
-    sent: dict[int, list[Any]] = {}  # metadata dict by id: [dict, items]
-    lines: list[Line | None] = []
+    sent: list[dict[str, Any]] = []  # the metadata of each plain entry (shared dicts)
+    slots: list[int] = []  # where each plain entry sits in `entries`
+    keys: list[str] = []
+    kept_sections: list[str] = []
+    encoded: list[str] = []
     rest: list[Entry] = []
-    for entry, cheap in zip(entries, plan.cheap(entries, relative), strict=True):
+    for i, (entry, cheap) in enumerate(zip(entries, plan.cheap(entries, relative), strict=True)):
         obj = entry.obj
         key = obj.key
-        section = sections.get(extension(key))
+        dot = key.rfind(".")
+        # a known lower-case extension as it stands (no "/" or "." in it), else the full rules
+        section = sections.get(key[dot + 1 :]) if dot >= 0 else None
+        if section is None:
+            section = sections.get(extension(key))
         if section is None or not obj.size or cheap.problem is not None or (uses_sidecar and entry.sidecar):
-            lines.append(None)
             rest.append(entry)
             continue
         hit = by_cheap.get(id(cheap))
         if hit is None:
             hit = by_cheap[id(cheap)] = validate_remembered(merge(cheap, None, None, None), schema, memo)
-        metadata, violation, encoded = hit
+        metadata, violation, text = hit
         if violation is not None:
-            lines.append(None)
             rest.append(entry)
             continue
-        lines.append(single_line(section, url_for(key), key if titles_are_keys else (relative(key) or key), encoded))
-        count = sent.get(id(metadata))
-        if count is None:
-            sent[id(metadata)] = [metadata, 1]
-        else:
-            count[1] += 1
-    for metadata, items in sent.values():
-        observed.observe(metadata, items)
+        slots.append(i)
+        keys.append(key)
+        kept_sections.append(section)
+        encoded.append(text)
+        sent.append(metadata)
+    distinct = {id(m): m for m in sent}  # each distinct metadata observed once, with its count
+    for ident, items in Counter(map(id, sent)).items():
+        observed.observe(distinct[ident], items)
+    titles = keys if titles_are_keys else [relative(key) or key for key in keys]
+    made = single_lines(kept_sections, list(map(url_for, keys)), titles, encoded)
+    if not rest:
+        return list(made), rest
+    lines: list[Line | None] = [None] * len(entries)
+    for i, line in zip(slots, made, strict=True):
+        lines[i] = line
     return lines, rest

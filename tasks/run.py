@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from encord_ingest.errors import AbortError, ConfigError, UsageError
 from encord_ingest.models import Entry, Rejection
-from integrations.ledger import DEFAULT_LEDGER, Ledger
+from integrations.ledger import DEFAULT_LEDGER, Ledger, ScratchLedger
 from integrations.storage import open_source
 from tasks.batch import BatchReport, Options, RunContext, process_batch
 from tasks.deadletter import DeadLetters
@@ -198,7 +198,7 @@ def open_context(
             staging = ledger
         else:  # grouped items are staged even when nothing is recorded (manifest-only runs)
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="encord-ingest-stage-")))
-            staging = Ledger(str(scratch / "staging.db"))
+            staging = ScratchLedger(str(scratch / "staging.db"))
             stack.callback(staging.close)
         uploader = uploader_factory() if uploader_factory is not None else None
         io = stack.enter_context(ThreadPoolExecutor(max_workers=params.io_workers, thread_name_prefix="io"))

@@ -18,6 +18,7 @@ from bench.context import Context
 FIGURES = ("listing_vs_bare", "listing_vs_bare_s3_latency")
 TARGET = 0.9
 BARE_FIELDS = ("boto3", "obstore", "obstore_runs_s", "obstore_error", "key_fidelity")
+RUNS = 3  # fresh processes for the zero-latency pipeline run, best taken (bench.context does so for obstore)
 PAGE_LATENCY = 0.1  # seconds per 1,000-key page; real S3 takes roughly 0.1-0.3 s
 
 
@@ -71,9 +72,11 @@ def _with_latency(ctx: Context, url: str) -> dict[str, Any]:
 def run(ctx: Context) -> list[Figure]:
     moto = ctx.moto()
     bare = ctx.bare_listing()
-    ctx.log("manifest pipeline over moto (real `manifest` path, boto3 listing inside S3Store)")
-    ours = _pipeline(moto.url)
-    ctx.log(f"pipeline: {ours['listed']:,} objects in {ours['seconds']:.2f}s")
+    ctx.log("manifest pipeline over moto (real `manifest` path, boto3 listing inside S3Store), best of 3")
+    runs = [_pipeline(moto.url) for _ in range(RUNS)]  # as many as the bare obstore listing gets
+    ours = min(runs, key=lambda r: r["seconds"])
+    seconds = ", ".join(f"{r['seconds']:.2f}" for r in runs)
+    ctx.log(f"pipeline: {ours['listed']:,} objects in {ours['seconds']:.2f}s (runs: {seconds})")
     ours_rate = rate(ours["listed"], ours["seconds"])
     base_rate = rate(bare["keys"], bare["fastest_seconds"])
     boto3_rate = rate(bare["boto3"]["keys"], bare["boto3"]["seconds"])
@@ -96,6 +99,7 @@ def run(ctx: Context) -> list[Figure]:
         "ours_objects_per_s": ours_rate,
         "vs_bare_boto3": ours_rate / boto3_rate,
         "ours": ours,
+        "ours_runs_s": [r["seconds"] for r in runs],
         "bare": {k: v for k, v in bare.items() if k in BARE_FIELDS},
         "s3_like_latency": latency,
         "server": "moto 5.2.5 " + ("(stock listing)" if ctx.stock_moto else "(bench/moto_seeded.py fast listing)"),

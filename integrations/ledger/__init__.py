@@ -360,6 +360,8 @@ class Ledger:
 
     def touch_staged(self, urls: Sequence[str], run_id: str) -> None:
         """Unchanged members join this run's groups without being read again."""
+        if not urls:
+            return
         with self._write_lock, self.engine.begin() as conn:
             for i in range(0, len(urls), 5000):
                 conn.execute(
@@ -509,3 +511,41 @@ class Ledger:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+class ScratchLedger(Ledger):
+    """A run-private SQLite ledger for staging group members, opened on first use.
+
+    Runs that record nothing still stage grouped items (DICOM series, image groups) somewhere;
+    most never meet one, and opening and migrating the file would cost them ~20 ms for nothing.
+    """
+
+    def __init__(self, path: str) -> None:  # deliberately not Ledger.__init__: nothing is opened yet
+        self._path = path
+        self._real: Ledger | None = None
+        self.dialect = "sqlite"
+        self._write_lock = threading.Lock()
+
+    def _opened(self) -> Ledger:
+        if self._real is None:
+            self._real = Ledger(self._path)
+        return self._real
+
+    @property  # type: ignore[override]
+    def engine(self) -> Engine:
+        return self._opened().engine
+
+    def stage(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            super().stage(rows)
+
+    def staged_groups(
+        self, run_id: str, *, whole: bool = False, chunk: int = 1000
+    ) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+        if self._real is None:  # nothing was ever staged
+            return iter(())
+        return super().staged_groups(run_id, whole=whole, chunk=chunk)
+
+    def close(self) -> None:
+        if self._real is not None:
+            self._real.close()

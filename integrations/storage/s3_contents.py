@@ -12,6 +12,8 @@ responses are not touched. Keys are URL-decoded exactly as botocore does when it
 from __future__ import annotations
 
 import re
+from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 from botocore.compat import unquote_str
@@ -62,9 +64,12 @@ def parse_contents(body: str) -> tuple[list[ObjectRef], str]:
     if not blocks:
         return [], body
     url_encoded = _URL_ENCODED.search(body) is not None
+    rows = _ORDERED.findall(body)
+    fast = _columns(rows, url_encoded) if len(rows) == blocks else None
+    if fast is not None:  # the common page
+        return fast, _without_contents(body, blocks)
     refs: list[ObjectRef] = []
     append = refs.append
-    rows = _ORDERED.findall(body)
     if len(rows) == blocks:
         for key, modified, etag, _, size in rows:
             if "&" in key:
@@ -81,6 +86,19 @@ def parse_contents(body: str) -> tuple[list[ObjectRef], str]:
             etag = _etag(fields.get("ETag", ""))
             append(ObjectRef(key, int(fields.get("Size") or "0"), etag, "", fields.get("LastModified", "")))
     return refs, _without_contents(body, blocks)
+
+
+def _columns(rows: list[tuple[str, ...]], url_encoded: bool) -> list[ObjectRef] | None:
+    """ObjectRefs from `_ORDERED` rows a field at a time, without Python code per object; None
+    when some key needs unescaping or URL-decoding."""
+    keys = list(map(itemgetter(0), rows))
+    joined = "".join(keys)
+    if "&" in joined or (url_encoded and ("%" in joined or "+" in joined)):
+        return None
+    blank = repeat("")
+    sizes = map(int, map(itemgetter(4), rows))
+    fields = zip(keys, sizes, map(itemgetter(2), rows), blank, map(itemgetter(1), rows), blank, blank, strict=False)
+    return list(map(tuple.__new__, repeat(ObjectRef), fields))  # ObjectRef._make without its length check
 
 
 def _without_contents(body: str, blocks: int) -> str:
