@@ -174,12 +174,42 @@ def compile_group_regex(text: str) -> re.Pattern[str] | None:
     return regex
 
 
+_GC_LOCK = threading.Lock()
+_GC_RUNS = [0]
+_GC_SAVED: list[tuple[int, int, int]] = []
+# A run makes a few short-lived objects per listed object; at the default threshold (700) the
+# collector would run every few hundred objects and, now and then, walk every object the SDKs
+# loaded (~160k): about a third of a manifest-only run's time at 100k objects.
+RUN_GC_THRESHOLD = (100_000, 50, 100)
+
+
+@contextmanager
+def steady_gc() -> Iterator[None]:
+    """While runs are going: what was loaded before is frozen out of collections, and gen-0
+    collections come every 100k allocations instead of 700. Cycles are still collected."""
+    with _GC_LOCK:
+        _GC_RUNS[0] += 1
+        if _GC_RUNS[0] == 1:
+            _GC_SAVED[:] = [gc.get_threshold()]
+            gc.freeze()
+            gc.set_threshold(*RUN_GC_THRESHOLD)
+    try:
+        yield
+    finally:
+        with _GC_LOCK:
+            _GC_RUNS[0] -= 1
+            if _GC_RUNS[0] == 0:
+                gc.set_threshold(*_GC_SAVED[0])
+                gc.unfreeze()
+
+
 @contextmanager
 def open_context(
     params: IngestParams, *, run_id: str, uploader_factory: Callable[[], Any] | None, use_ledger: bool
 ) -> Iterator[RunContext]:
     """Pre-flight in the order that fails cheapest first; yields a ready RunContext."""
     with ExitStack() as stack:
+        stack.enter_context(steady_gc())  # from here: the SDKs' model loading makes objects by the thousand too
         schema = load_schema(params.schema_file) if params.schema_file else EMPTY_SCHEMA
         key_filter = KeyFilter.build(params.include, params.exclude)
         source = open_source(params.source, account=params.account)
@@ -259,35 +289,6 @@ def guarded_group_batch(ctx: RunContext, number: int, groups: list[Group]) -> Ba
             Rejection(m["url"], m["key"], "batch", "batch.error", reason, transient=True) for m in members
         )
         return BatchReport(number=number, listed=len(members), failed=len(members))
-
-
-_GC_LOCK = threading.Lock()
-_GC_RUNS = [0]
-_GC_SAVED: list[tuple[int, int, int]] = []
-# A run makes a few short-lived objects per listed object; at the default threshold (700) the
-# collector would run every few hundred objects and, now and then, walk every object the SDKs
-# loaded (~160k): about a third of a manifest-only run's time at 100k objects.
-RUN_GC_THRESHOLD = (100_000, 50, 100)
-
-
-@contextmanager
-def steady_gc() -> Iterator[None]:
-    """While runs are going: what was loaded before is frozen out of collections, and gen-0
-    collections come every 100k allocations instead of 700. Cycles are still collected."""
-    with _GC_LOCK:
-        _GC_RUNS[0] += 1
-        if _GC_RUNS[0] == 1:
-            _GC_SAVED[:] = [gc.get_threshold()]
-            gc.freeze()
-            gc.set_threshold(*RUN_GC_THRESHOLD)
-    try:
-        yield
-    finally:
-        with _GC_LOCK:
-            _GC_RUNS[0] -= 1
-            if _GC_RUNS[0] == 0:
-                gc.set_threshold(*_GC_SAVED[0])
-                gc.unfreeze()
 
 
 def drive(

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from encord_ingest.models import Entry, ObjectRef
+from encord_ingest.models import Entry, ObjectRef, entries_of
 
 DEFAULT_SIDECAR_SUFFIX = ".metadata.json"
 # Per line of "\n"-joined keys: everything up to the name's first dot (`group_prefix` minus the dot).
@@ -107,7 +107,7 @@ class SidecarPairer:
             self._feed_each(page[1:], out)
             return True
         self._open.clear()
-        out.entries.extend(map(Entry, page[:-1]))
+        out.entries.extend(entries_of(page[:-1]))
         self._open[stems[-1] + "."] = [page[-1]]
         return True
 

@@ -131,6 +131,23 @@ def test_lean_s3_listing_reads_the_same_objects_as_stock_boto3(
     ]
     lean = [(r.key, r.size, r.etag) for p in store.list_pages("", page_size=10) for r in p]
     assert lean == stock and sorted(k for k, _, _ in lean) == sorted(keys)
+    assert store.raw is not None and store.raw.lean == 3, "pages after the first come without botocore"
+
+    # a lean page that fails hands the listing back to botocore, which finishes it from that token
+    sent = store.raw.session.send
+    calls = []
+
+    def flaky(request: Any) -> Any:
+        calls.append(request.url)
+        if len(calls) == 2:
+            raise ConnectionResetError("reset by peer")
+        return sent(request)
+
+    monkeypatch.setattr(store.raw.session, "send", flaky)
+    again = [(r.key, r.size, r.etag) for p in store.list_pages("", page_size=10) for r in p]
+    assert again == stock
+    # calls[0] is botocore's own first page (the session is shared); the first lean page fails
+    assert store.raw.declined == 1 and store.raw.lean == 3 and "continuation-token=" in calls[1]
     level = list(store.list_level(""))
     assert sorted(p for prefixes, _ in level for p in prefixes) == ["many/", "ünïcode/"]
     assert len([r for _, objects in level for r in objects]) == len(keys) - 26

@@ -14,7 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from encord_ingest.errors import AbortError, CredentialsError, SourceNotFoundError
 from encord_ingest.models import ObjectRef
-from integrations.storage import s3_contents
+from integrations.storage import s3_contents, s3_pages
 from integrations.storage.base import ObjectInfo
 
 _CREDENTIAL_CODES = {
@@ -79,6 +79,7 @@ class S3Store:
     def __init__(self, bucket: str, client: Any | None = None) -> None:
         self.bucket = bucket
         self.client, self.lister = (client, client) if client is not None else _clients()
+        self.raw = s3_pages.RawPages(self.lister) if client is None else None
 
     def _translate(self, exc: Exception, key: str | None) -> Exception:
         """Map boto errors to our hierarchy; `key` is None for bucket-level calls.
@@ -103,15 +104,34 @@ class S3Store:
         return exc
 
     def list_pages(self, prefix: str, *, page_size: int = 1000) -> Iterator[list[ObjectRef]]:
-        paginator = self.lister.get_paginator("list_objects_v2")
-        pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size})
         try:
-            for page in pages:
+            for page in self._pages(prefix, page_size):
                 refs = _page_refs(page)
                 if refs:
                     yield refs
         except (ClientError, BotoCoreError) as exc:
             raise self._translate(exc, None) from None
+
+    def _pages(self, prefix: str, page_size: int) -> Iterator[dict[str, Any]]:
+        """botocore's first page, then lean ones (`s3_pages`) as long as they come back plain."""
+        kwargs = {"Bucket": self.bucket, "Prefix": prefix}
+        if self.raw is None:
+            paginator = self.lister.get_paginator("list_objects_v2")
+            yield from paginator.paginate(**kwargs, PaginationConfig={"PageSize": page_size})
+            return
+        page, template = self.raw.first_page(**kwargs, MaxKeys=page_size)
+        while True:
+            yield page
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if not token:
+                return
+            lean = self.raw.next_page(template, token) if template is not None else None
+            if lean is None:  # botocore from here on: its retries, redirects and errors
+                paginator = self.lister.get_paginator("list_objects_v2")
+                config = {"PageSize": page_size, "StartingToken": token}
+                yield from paginator.paginate(**kwargs, PaginationConfig=config)
+                return
+            page = lean
 
     def list_level(self, prefix: str) -> Iterator[tuple[list[str], list[ObjectRef]]]:
         paginator = self.lister.get_paginator("list_objects_v2")

@@ -47,9 +47,12 @@ def _entity(m: re.Match[str]) -> str:
     return chr(int(ref[2:], 16) if ref[1] in "xX" else int(ref[1:]))
 
 
-def _text(value: str) -> str:
+def xml_text(value: str) -> str:
     """XML character data: the five entities and numeric references (HTML's rules differ)."""
     return _ENTITY.sub(_entity, value) if "&" in value else value
+
+
+_text = xml_text
 
 
 def _etag(value: str) -> str:
