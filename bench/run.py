@@ -48,11 +48,13 @@ ORDER = (
 )
 NOTES = {
     "listing_vs_bare": "`encord-ingest manifest s3://bench/` (real code path, `path:` metadata) against a bare "
-    "listing of the same moto bucket by boto3 and by obstore, in fresh processes; the faster bare client is the "
-    "baseline. Beside it, nine valid S3 keys (a folder marker `dir/`, `/lead`, `trail/`, `a//b`, `./`, `../`, a "
-    "control character, `%20`, non-ASCII), each alone in a bucket, listed by both clients: how many come back "
-    "unchanged. moto answers plain ListObjectsV2 from a sorted snapshot (bench/moto_seeded.py; stock moto "
-    "rescans the bucket per page and lists ~1k keys/s at 100k, `--stock-moto`). Also measured with 0.1 s "
+    "listing of the same moto bucket by boto3 and by obstore, in fresh processes, best of 3 each; the faster bare "
+    "client is the baseline. Each is timed from after building its client: the pipeline from the end of its "
+    "pre-flight (clients, credential check), which is reported beside it, with the ratio it would give counted in. "
+    "Beside it, nine valid S3 keys (a folder marker `dir/`, `/lead`, `trail/`, `a//b`, `./`, `../`, a control "
+    "character, `%20`, non-ASCII), each alone in a bucket, listed by both clients: how many come back unchanged. "
+    "moto answers ListObjectsV2 (plain and with a delimiter) from a sorted snapshot (bench/moto_seeded.py; stock "
+    "moto rescans the bucket per page and lists ~1k keys/s at 100k, `--stock-moto`). Also measured with 0.1 s "
     "added per page (S3-like).",
     "listing_vs_bare_s3_latency": "the same two runs with 0.1 s added to every listing page by the server "
     "(what a real S3 page costs): does the pipeline hide the listing's latency? (default `--fanout 4`)",

@@ -65,7 +65,7 @@ def plain_lines(ctx: Any, entries: Sequence[Entry], observed: Observed) -> tuple
         section = sections.get(key[dot + 1 :]) if dot >= 0 else None
         if section is None:
             section = sections.get(extension(key))
-        if section is None or not obj.size or cheap.problem is not None or (uses_sidecar and entry.sidecar):
+        if section is None or not obj.size or cheap.problem is not None or (uses_sidecar and entry.sidecar is not None):
             rest.append(entry)
             continue
         hit = by_cheap.get(id(cheap))
