@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator
 from json.encoder import encode_basestring as _quote  # json.dumps(str, ensure_ascii=False), no encoder built
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from encord_ingest.models import Item, ItemKind
@@ -133,26 +134,30 @@ def item_line(item: Item) -> Line:
 
 
 def split_lines(
-    lines: Iterable[Line], *, max_items: int = DEFAULT_BATCH_SIZE, max_bytes: int = DEFAULT_BATCH_BYTES
+    lines: list[Line], *, max_items: int = DEFAULT_BATCH_SIZE, max_bytes: int = DEFAULT_BATCH_BYTES
 ) -> Iterator[list[Line]]:
     """`split_by_limits` for encoded entries."""
+    if len(lines) <= max_items and sum(map(_line_size, lines)) <= max_bytes:  # the usual batch: one manifest
+        return iter([lines] if lines else [])
     return _split(lines, _line_size, max_items, max_bytes)
 
 
-def _line_size(line: Line) -> int:
-    return line[2]
+_line_size: Callable[[Line], int] = itemgetter(2)
 
 
 def render_lines(lines: Iterable[Line], *, skip_duplicate_urls: bool = True) -> tuple[str, int]:
     """The manifest as JSON text and its entry count."""
+    lines = lines if isinstance(lines, list) else list(lines)
+    count = len(lines)
+    names = dict.fromkeys(map(itemgetter(0), lines))  # in order of first appearance
     sections: dict[str, list[str]] = {}
-    count = 0
-    for section, text, _ in lines:
-        count += 1
-        entries = sections.get(section)
-        if entries is None:
-            entries = sections[section] = []
-        entries.append(text)
+    if len(names) == 1:  # one kind of item, as most batches are
+        sections[next(iter(names))] = list(map(itemgetter(1), lines))
+    else:
+        for name in names:
+            sections[name] = []
+        for section, text, _ in lines:
+            sections[section].append(text)
     body = ",".join(f'"{name}":[{",".join(entries)}]' for name, entries in sections.items())
     flag = f'"skip_duplicate_urls":{"true" if skip_duplicate_urls else "false"}'
     return "{" + (body + "," if body else "") + flag + "}", count
