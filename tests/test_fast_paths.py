@@ -190,3 +190,28 @@ def test_plain_lines_carry_plain_batches(tmp_path: Path) -> None:
     assert full == [["site0/cam/empty.jpg"]], "only the empty object takes the per-object path"
     assert out["counts"] == (51, 1, 0, 0)
     assert sum(len(json.loads(text).get("images", [])) for text, _ in out["manifests"]) == 50
+
+
+def test_a_manifest_that_cannot_be_written_stops_the_run(tmp_path: Path) -> None:
+    """Manifests go to disk on a writer thread; its failure must still reach the caller."""
+    from bench.synthetic import synthetic_sources, synthetic_url
+    from tasks.manifest_only import write_manifests
+
+    real = Path.write_text
+    calls: list[str] = []
+
+    def failing(self: Path, *args: Any, **kwargs: Any) -> int:
+        calls.append(self.name)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    params = IngestParams(source=synthetic_url(20_000), state_dir=str(tmp_path / "state"), fanout=1)
+    with synthetic_sources(), mock.patch.object(Path, "write_text", failing):
+        try:
+            write_manifests(params, tmp_path / "out")
+        except OSError as exc:
+            assert exc.errno == 28
+        else:
+            raise AssertionError("the failed write went unnoticed")
+    assert len(calls) <= 7, "of 20 manifests, the run stopped soon after the failure (writes go at most 4 ahead)"
