@@ -517,7 +517,9 @@ def test_sharded_ingest_survives_a_killed_worker(scale_stack: ScaleStack, postgr
         if run["state_type"] == "CRASHED":
             assert any(w in run["state"]["message"] for w in reasons), run["state"]
     again = [r for r in children if r["parameters"]["shard"] == killed["parameters"]["shard"] and r is not killed]
-    assert [(r["state_type"], "attempt-2" in r["tags"]) for r in again] == [("COMPLETED", True)]
+    seen = [(r["state_type"], r["tags"], r["state"]["message"], r["start_time"]) for r in again]
+    attempts = [(r["state_type"], "attempt-2" in r["tags"]) for r in again]
+    assert attempts == [("COMPLETED", True)], f"{seen}\n{stack.logs()}"
     assert sum(r["state_type"] == "COMPLETED" for r in children) == len(SHARDS)
     assert {r["parameters"]["shard"]["prefix"] for r in children} == {f"data/{s}/" for s in SHARDS}
 
