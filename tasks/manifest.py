@@ -105,15 +105,30 @@ def split_by_limits(
 # run cuts its jobs. A plain tuple: one is made per object.
 Line = tuple[str, str, int]
 
+_PLAIN_ENTRY = '{{"objectUrl":"{}","title":"{}","clientMetadata":{}}}'
+
+
+def _as_is(text: str) -> bool:
+    """True when `_quote` (json's encode_basestring) would only put quotes around `text`: no quote,
+    backslash or control character in it (`isprintable` is stricter, and fast)."""
+    return text.isprintable() and '"' not in text and "\\" not in text
+
 
 def single_lines(sections: list[str], urls: list[str], titles: list[str], metadata: list[str]) -> list[Line]:
     """Single-file entries from their parts, column by column; `metadata` holds canonical clientMetadata texts."""
-    quote = _quote
-    texts = [
-        f'{{"objectUrl":{quote(url)},"title":{quote(title)},"clientMetadata":{meta}}}'
-        for url, title, meta in zip(urls, titles, metadata, strict=True)
-    ]
-    if "".join(urls).isascii() and "".join(titles).isascii() and "".join(metadata).isascii():
+    if not len(sections) == len(urls) == len(titles) == len(metadata):
+        raise ValueError("single_lines: columns of different lengths")
+    all_urls, all_titles = "".join(urls), "".join(titles)
+    texts: list[str]
+    if _as_is(all_urls) and _as_is(all_titles):
+        texts = list(map(_PLAIN_ENTRY.format, urls, titles, metadata))  # each string its own JSON text
+    else:
+        quote = _quote
+        texts = [
+            f'{{"objectUrl":{quote(url)},"title":{quote(title)},"clientMetadata":{meta}}}'
+            for url, title, meta in zip(urls, titles, metadata, strict=True)
+        ]
+    if all_urls.isascii() and all_titles.isascii() and "".join(metadata).isascii():
         sizes = [
             len(meta) + 2 * (len(url) + len(title)) + 96
             for url, title, meta in zip(urls, titles, metadata, strict=True)

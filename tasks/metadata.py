@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ from tasks.validate import MAX_METADATA_BYTES
 
 # A sidecar this much bigger than the metadata limit cannot compact below it: refuse unread.
 MAX_SIDECAR_BYTES = 4 * MAX_METADATA_BYTES
+
+_ENTRY_KEY = attrgetter("obj.key")
+_GROUPS = re.Match.groups
 
 
 class MetadataError(Exception):
@@ -200,7 +204,7 @@ class MetadataPlan:
         validation memo see the same object again. Without tables the whole Cheap is shared by the
         entries whose groups are equal, so callers may remember work by its id.
         """
-        keys = [e.obj.key for e in entries]
+        keys = list(map(_ENTRY_KEY, entries))
         if not self.tables:
             return self._cheap_from_paths(keys, relative)
         looked_up = {i: t.lookup(keys) for i, t in self.tables.items()}
@@ -252,9 +256,20 @@ class MetadataPlan:
         single = paths[0][1] if len(paths) == 1 else None
         # `Source.relative` of a source at the bucket's root gives the key back: skip a call per key
         at_root = getattr(getattr(relative, "__self__", None), "prefix", None) == ""
+        if single is not None:
+            rels = keys if at_root else list(map(relative, keys))
+            matches = list(map(single, rels))
+            if None not in matches:  # the common case, column-wise: every key matches the one regex
+                found = list(map(_GROUPS, matches))
+                for groups, m in dict(zip(found, matches, strict=True)).items():  # equal groups give equal layers
+                    if groups not in shared:
+                        layers = list(base)
+                        layers[paths[0][0]] = _path_layer(m)
+                        shared[groups] = Cheap(layers)
+                return list(map(shared.__getitem__, found))
         for key in keys:
             rel = key if at_root else relative(key)
-            if single is not None:  # the common case, kept cheap
+            if single is not None:  # a key the regex misses: try the key itself
                 m = single(rel) or (single(key) if rel != key else None)
                 found: Any = m.groups() if m is not None else None
             else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from operator import attrgetter, itemgetter, methodcaller
 from typing import Any
 
 from encord_ingest.models import Entry, ItemKind
@@ -45,19 +46,23 @@ def plain_lines(ctx: Any, entries: Sequence[Entry], observed: Observed) -> tuple
         return [None] * len(entries), list(entries)
     plan = ctx.plan
     source = ctx.source
+    cheaps = plan.cheap(entries, source.relative)
+    by_cheap: dict[int, tuple[dict[str, Any], Any, str]] = {}  # Cheaps are shared and live as long as the batch
+    whole = _all_plain(ctx, sections, entries, cheaps, by_cheap, observed)
+    if whole is not None:
+        return list(whole), []
     url_for = source.store.url_for
     relative = source.relative
     titles_are_keys = ctx.options.title_from == "key"
     uses_sidecar = plan.uses_sidecar
     schema, memo, merge = ctx.schema, ctx.memo, plan.merge
-    by_cheap: dict[int, tuple[dict[str, Any], Any, str]] = {}  # Cheaps are shared and live as long as the batch
     sent: list[dict[str, Any]] = []  # the metadata of each plain entry (shared dicts)
     slots: list[int] = []  # where each plain entry sits in `entries`
     keys: list[str] = []
     kept_sections: list[str] = []
     encoded: list[str] = []
     rest: list[Entry] = []
-    for i, (entry, cheap) in enumerate(zip(entries, plan.cheap(entries, relative), strict=True)):
+    for i, (entry, cheap) in enumerate(zip(entries, cheaps, strict=True)):
         obj = entry.obj
         key = obj.key
         dot = key.rfind(".")
@@ -91,3 +96,74 @@ def plain_lines(ctx: Any, entries: Sequence[Entry], observed: Observed) -> tuple
     for i, line in zip(slots, made, strict=True):
         lines[i] = line
     return lines, rest
+
+
+_KEY = attrgetter("key")
+_SIZE = attrgetter("size")
+_OBJ = attrgetter("obj")
+_SIDECAR = attrgetter("sidecar")
+_LAST_DOT = methodcaller("rpartition", ".")
+_DOT = itemgetter(1)
+_AFTER_DOT = itemgetter(2)
+
+
+def _sections_of(keys: list[str], sections: dict[str, str]) -> list[str] | None:
+    """Each key's section by the text after its last dot, taken as it stands (upper case,
+    `nii.gz`, ... are the loop's to decide), or None when a key has none."""
+    ext = keys[0].rpartition(".")[2]
+    section = sections.get(ext)
+    if section is not None:  # the usual batch: one extension (keys hold no newline, so each
+        joined = "\n".join(keys) + "\n"  # newline ends one key, and `.ext` before each: all match)
+        if joined.count("\n") == len(keys) and joined.count(f".{ext}\n") == len(keys):
+            return [section] * len(keys)
+    parts = list(map(_LAST_DOT, keys))
+    if not all(map(_DOT, parts)):  # a key without a dot
+        return None
+    kept = list(map(sections.get, map(_AFTER_DOT, parts)))
+    return None if None in kept else kept  # type: ignore[return-value]
+
+
+def _all_plain(
+    ctx: Any,
+    sections: dict[str, str],
+    entries: Sequence[Entry],
+    cheaps: list[Any],
+    by_cheap: dict[int, tuple[dict[str, Any], Any, str]],
+    observed: Observed,
+) -> list[Line] | None:
+    """The lines of a batch whose every entry is plain, column by column (no Python code per
+    object), or None - nothing observed - when one is not: the per-entry loop then decides."""
+    if ctx.plan.uses_sidecar and any(map(_SIDECAR, entries)):
+        return None
+    objs = list(map(_OBJ, entries))
+    if 0 in map(_SIZE, objs):
+        return None
+    keys = list(map(_KEY, objs))
+    kept_sections = _sections_of(keys, sections)
+    if kept_sections is None:
+        return None
+    schema, memo, merge = ctx.schema, ctx.memo, ctx.plan.merge
+    distinct = dict(zip(map(id, cheaps), cheaps, strict=True))
+    for ident, cheap in distinct.items():
+        if cheap.problem is not None:
+            return None
+        hit = by_cheap.get(ident)
+        if hit is None:
+            hit = by_cheap[ident] = validate_remembered(merge(cheap, None, None, None), schema, memo)
+        if hit[1] is not None:  # a violation: the full path dead-letters it
+            return None
+    counts: dict[int, int] = {}  # objects per distinct metadata (Cheaps may share one), first seen first
+    metadata: dict[int, dict[str, Any]] = {}
+    for ident, items in Counter(map(id, cheaps)).items():
+        sent = by_cheap[ident][0]
+        metadata[id(sent)] = sent
+        counts[id(sent)] = counts.get(id(sent), 0) + items
+    for ident, items in counts.items():
+        observed.observe(metadata[ident], items)
+    relative = ctx.source.relative
+    titles = keys if ctx.options.title_from == "key" else [relative(key) or key for key in keys]
+    encoded = list(map(_TEXT, map(by_cheap.__getitem__, map(id, cheaps))))
+    return single_lines(kept_sections, list(map(ctx.source.store.url_for, keys)), titles, encoded)
+
+
+_TEXT = itemgetter(2)

@@ -2,13 +2,16 @@
 
 Each shortcut is held against the code it stands in for, on generated keys that reach both sides
 of its conditions: sidecar pairing of pages at once (`SidecarPairer._feed_apart`), manifest lines
-straight from the listing for plain objects (`tasks.plain`), and the sliced `extension`.
+straight from the listing for plain objects (`tasks.plain`, per entry and column-wise), path
+layers column-wise (`MetadataPlan.cheap`), entries written without a JSON encoder
+(`single_lines`), and the sliced `extension`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +21,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import tasks.batch
+import tasks.plain
 import tasks.run
-from encord_ingest.models import ObjectRef
+from encord_ingest.models import Entry, ObjectRef
 from integrations.storage import Source
 from integrations.storage.base import ObjectInfo, paged
 from tasks.batch import process_batch
 from tasks.classify import extension
+from tasks.manifest import entry_size_estimate, single_lines
+from tasks.metadata import MetadataPlan
 from tasks.run import IngestParams, open_context
 from tasks.sidecars import Paired, SidecarPairer
 
@@ -190,6 +196,74 @@ def test_plain_lines_carry_plain_batches(tmp_path: Path) -> None:
     assert full == [["site0/cam/empty.jpg"]], "only the empty object takes the per-object path"
     assert out["counts"] == (51, 1, 0, 0)
     assert sum(len(json.loads(text).get("images", [])) for text, _ in out["manifests"]) == 50
+
+
+# Names of plain objects, with what JSON must escape (quote, backslash, control characters) and
+# what it passes through (non-ASCII), and extensions the column-wise lines take as they stand or not.
+PLAIN_NAMES = st.sampled_from(["a", "b.c", 'q"t', "back\\slash", "tab\tx", "é", "日本", "x y", "cam01"])
+PLAIN_EXTS = st.sampled_from([".jpg", ".jpg", ".jpg", ".png", ".mp4", ".JPG", ".nii.gz", ".pdf"])
+PLAIN_KEYS = st.lists(
+    st.builds(_key, st.lists(PLAIN_NAMES, max_size=2), PLAIN_NAMES, PLAIN_EXTS), min_size=1, max_size=40, unique=True
+).map(sorted)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(PLAIN_KEYS, st.sampled_from([[r"path:^(?P<site>[^/]+)/", "set:team=b"], [r"path:(?P<n>\d)?"], []]))
+@example(["a/x.jpg", "a/y.jpg", "b/z.jpg"], [r"path:^(?P<site>[^/]+)/", "set:team=b"])  # one extension
+@example(['a/q"t.jpg', "a/\u00e9.png"], [r"path:(?P<n>\d)?"])  # escapes, two sections
+def test_column_wise_plain_lines_equal_the_full_path(tmp_path: Path, keys: list[str], metadata: list[str]) -> None:
+    """Batches of plain objects only take `tasks.plain._all_plain`: its lines are the full path's."""
+    schema = tmp_path / "schema.yaml"
+    schema.write_text("keys:\n  team: varchar\n")
+    data = dict.fromkeys(keys, 3)
+    taken: list[bool] = []
+    real = tasks.plain._all_plain
+
+    def spy(*args: Any) -> Any:
+        out = real(*args)
+        taken.append(out is not None)
+        return out
+
+    with mock.patch.object(tasks.plain, "_all_plain", spy):
+        fast = _report(data, metadata, schema, tmp_path, plain=True)
+    assert fast == _report(data, metadata, schema, tmp_path, plain=False)
+    lowercase_single = all(extension(k) in ("jpg", "png", "mp4", "pdf") and k.rpartition(".")[2] == extension(k)
+                           for k in keys)  # fmt: skip
+    assert taken == [lowercase_single], "every batch of plain lower-case extensions goes column-wise"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.builds(_key, st.lists(PARTS, max_size=3), PARTS, EXTS), min_size=1, max_size=40),
+    st.sampled_from(["", "a/", "a.b/", "cam"]),
+    st.sampled_from([r"(?P<site>[^/]+)/(?P<cam>[^/]+)/", r"(?P<n>[ab])?", r"^(?P<top>a)"]),
+)
+def test_path_layers_column_wise_equal_one_search_per_key(keys: list[str], prefix: str, regex: str) -> None:
+    """`MetadataPlan.cheap` for one path regex: each key's layer is what its own search gives (the
+    relative key first, then the full key), and equal groups share one Cheap."""
+    plan = MetadataPlan.build([f"path:{regex}"], url_base="s3://b/")
+    source = Source(url=f"s3://b/{prefix}", store=_Store({}), prefix=prefix)
+    cheaps = plan.cheap([Entry(ObjectRef(k, 1)) for k in keys], source.relative)
+    pattern = re.compile(regex)
+    by_groups: dict[Any, Any] = {}
+    for key, cheap in zip(keys, cheaps, strict=True):
+        m = pattern.search(source.relative(key)) or pattern.search(key)
+        expected = {k: v for k, v in m.groupdict().items() if v is not None} if m else {}
+        assert cheap.layers == [expected] and cheap.problem is None
+        assert by_groups.setdefault(m.groups() if m else None, cheap) is cheap
+
+
+def test_single_lines_are_json_whatever_the_strings() -> None:
+    """Entries written without an encoder (strings that need no escaping) and with one read back the same."""
+    urls = ["s3://b/plain.jpg", 's3://b/q"t.jpg', "s3://b/back\\slash.jpg", "s3://b/ctl\x01.jpg", "s3://b/é.jpg"]
+    titles = [u.removeprefix("s3://b/") for u in urls]
+    for i in range(len(urls)):  # each alone (the fast way whenever it can), then all together
+        for u, t in ((urls[i : i + 1], titles[i : i + 1]), (urls, titles)):
+            lines = single_lines(["images"] * len(u), u, t, ['{"k":1}'] * len(u))
+            assert [json.loads(text) for _, text, _ in lines] == [
+                {"objectUrl": url, "title": title, "clientMetadata": {"k": 1}} for url, title in zip(u, t, strict=True)
+            ]
+            assert [size for *_, size in lines] == list(map(entry_size_estimate, u, t, ['{"k":1}'] * len(u)))
 
 
 def test_a_manifest_that_cannot_be_written_stops_the_run(tmp_path: Path) -> None:
