@@ -80,12 +80,16 @@ def emulator_session(
     aws: dict[str, str], gcp: dict[str, str], azure: dict[str, str], keys: KeyPair
 ) -> Iterator[Emulator]:
     """Started with every cloud's environment: it checks object existence through the same variables."""
-    env = {**aws, **gcp, **azure}
-    proc = start_emulator(env, "--authorized-key", str(keys.public), "--fault-timeout-seconds", "3")
+    emulator = new_emulator({**aws, **gcp, **azure}, keys)
     try:
-        yield Emulator(proc)
+        yield emulator
     finally:
-        proc.stop()
+        emulator.proc.stop()
+
+
+def new_emulator(env: dict[str, str], keys: KeyPair) -> Emulator:
+    """An Encord emulator that accepts the session's key and gives up on injected hangs after 3 s."""
+    return Emulator(start_emulator(env, "--authorized-key", str(keys.public), "--fault-timeout-seconds", "3"))
 
 
 @pytest.fixture
@@ -254,6 +258,7 @@ class PrefectStack:
     env: dict[str, str]
     bucket: str
     folder: str
+    emulator: Emulator  # its own: runs the stack starts late (cron, events) never land in another test's state
 
     @property
     def api(self) -> str:
@@ -346,7 +351,12 @@ def deploy(env: dict[str, str], *bootstrap_args: str) -> None:
 
 @pytest.fixture(scope="session")
 def prefect_stack(
-    tmp_path_factory: pytest.TempPathFactory, aws: dict[str, str], emulator_session: Emulator, keys: KeyPair, s3: Any
+    tmp_path_factory: pytest.TempPathFactory,
+    aws: dict[str, str],
+    gcp: dict[str, str],
+    azure: dict[str, str],
+    keys: KeyPair,
+    s3: Any,
 ) -> Iterator[PrefectStack]:
     import uuid
 
@@ -357,18 +367,22 @@ def prefect_stack(
     home = tmp_path_factory.mktemp("stack-prefect")
     schema = home / "schema.yaml"
     schema.write_text("keys:\n  site: {type: enum, values: [north, south]}\n")
-    server = servers.start_prefect_server(home / "server")
+    emulator = new_emulator({**aws, **gcp, **azure}, keys)
+    server: Proc | None = None
     worker: Proc | None = None
     try:
+        server = servers.start_prefect_server(home / "server")
         # the key comes from the Secret block, not the env
-        env = deployment_env(aws, server, home, emulator_session.url, bucket, cron="* * * * *", query_seconds=3)
+        env = deployment_env(aws, server, home, emulator.url, bucket, cron="* * * * *", query_seconds=3)
         deploy(env, "--encord-key-file", str(keys.private))
         worker = servers.start_prefect_worker(env, cwd=REPO, limit=2)
-        yield PrefectStack(server, worker, env, bucket, env["ENCORD_INGEST_FOLDER"])
+        yield PrefectStack(server, worker, env, bucket, env["ENCORD_INGEST_FOLDER"], emulator)
     finally:
         if worker is not None:
             servers.stop_prefect_worker(worker)
-        server.stop()
+        if server is not None:
+            server.stop()
+        emulator.proc.stop()
 
 
 @pytest.fixture(scope="session")

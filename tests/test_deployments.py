@@ -41,11 +41,11 @@ def receiver(prefect_stack: PrefectStack) -> Iterator[Receiver]:
 
 
 def test_cron_run_registers_the_source_with_credentials_from_a_secret_block(
-    prefect_stack: PrefectStack, scheduled_run: dict[str, Any], emulator_session: Emulator
+    prefect_stack: PrefectStack, scheduled_run: dict[str, Any]
 ) -> None:
     bucket = prefect_stack.bucket
     data = [k for k in STACK_SEED if not k.endswith(".json")]
-    items = folder_items(emulator_session, prefect_stack.folder)
+    items = folder_items(prefect_stack.emulator, prefect_stack.folder)
     assert set(items) == {f"s3://{bucket}/{k}" for k in data}
     assert items[f"s3://{bucket}/data/a.jpg"]["client_metadata"] == {"site": "north"}
 
@@ -65,10 +65,9 @@ def test_s3_notification_registers_exactly_the_notified_objects(
     scheduled_run: dict[str, Any],
     receiver: Receiver,
     s3: Any,
-    emulator_session: Emulator,
 ) -> None:
     bucket = prefect_stack.bucket
-    before = folder_items(emulator_session, prefect_stack.folder)
+    before = folder_items(prefect_stack.emulator, prefect_stack.folder)
     new = ["data/new/d 1.jpg", "data/new/e.png", "data/new/f.jpg"]
     for key in new:
         s3.put_object(Bucket=bucket, Key=key, Body=b"\xff\xd8new")
@@ -94,7 +93,7 @@ def test_s3_notification_registers_exactly_the_notified_objects(
     tasks = [t["name"] for t in prefect_stack.task_runs(run["id"])]
     assert [t for t in tasks if t.startswith("batch")] == [f"batch 1 of s3://{bucket}/data/ (event)"], tasks
 
-    items = folder_items(emulator_session, prefect_stack.folder)
+    items = folder_items(prefect_stack.emulator, prefect_stack.folder)
     added = {url: i for url, i in items.items() if url not in before}
     assert set(added) == {f"s3://{bucket}/{k}" for k in new}
     assert added[f"s3://{bucket}/data/new/e.png"]["client_metadata"] == {"site": "south"}
