@@ -256,21 +256,21 @@ class MetadataPlan:
         single = paths[0][1] if len(paths) == 1 else None
         # `Source.relative` of a source at the bucket's root gives the key back: skip a call per key
         at_root = getattr(getattr(relative, "__self__", None), "prefix", None) == ""
+        firsts: list[re.Match[str] | None] | None = None  # the one regex on each relative key
         if single is not None:
-            rels = keys if at_root else list(map(relative, keys))
-            matches = list(map(single, rels))
-            if None not in matches:  # the common case, column-wise: every key matches the one regex
-                found = list(map(_GROUPS, matches))
-                for groups, m in dict(zip(found, matches, strict=True)).items():  # equal groups give equal layers
+            firsts = list(map(single, keys if at_root else map(relative, keys)))
+            if None not in firsts:  # the common case, column-wise: every key matches the one regex
+                found = list(map(_GROUPS, firsts))
+                for groups, m in dict(zip(found, firsts, strict=True)).items():  # equal groups give equal layers
                     if groups not in shared:
                         layers = list(base)
                         layers[paths[0][0]] = _path_layer(m)
                         shared[groups] = Cheap(layers)
                 return list(map(shared.__getitem__, found))
-        for key in keys:
+        for i, key in enumerate(keys):
             rel = key if at_root else relative(key)
-            if single is not None:  # a key the regex misses: try the key itself
-                m = single(rel) or (single(key) if rel != key else None)
+            if single is not None and firsts is not None:  # some key missed: those try the key itself
+                m = firsts[i] or (single(key) if rel != key else None)
                 found: Any = m.groups() if m is not None else None
             else:
                 matches = [search(rel) or (search(key) if rel != key else None) for _, search in paths]

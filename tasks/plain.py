@@ -47,20 +47,15 @@ def plain_lines(ctx: Any, entries: Sequence[Entry], observed: Observed) -> tuple
     plan = ctx.plan
     source = ctx.source
     cheaps = plan.cheap(entries, source.relative)
-    by_cheap: dict[int, tuple[dict[str, Any], Any, str]] = {}  # Cheaps are shared and live as long as the batch
+    by_cheap: dict[int, Hit] = {}  # Cheaps are shared and live as long as the batch
     whole = _all_plain(ctx, sections, entries, cheaps, by_cheap, observed)
     if whole is not None:
-        return list(whole), []
-    url_for = source.store.url_for
-    relative = source.relative
-    titles_are_keys = ctx.options.title_from == "key"
+        return whole, []
     uses_sidecar = plan.uses_sidecar
-    schema, memo, merge = ctx.schema, ctx.memo, plan.merge
-    sent: list[dict[str, Any]] = []  # the metadata of each plain entry (shared dicts)
     slots: list[int] = []  # where each plain entry sits in `entries`
     keys: list[str] = []
     kept_sections: list[str] = []
-    encoded: list[str] = []
+    hits: list[Hit] = []
     rest: list[Entry] = []
     for i, (entry, cheap) in enumerate(zip(entries, cheaps, strict=True)):
         obj = entry.obj
@@ -73,30 +68,25 @@ def plain_lines(ctx: Any, entries: Sequence[Entry], observed: Observed) -> tuple
         if section is None or not obj.size or cheap.problem is not None or (uses_sidecar and entry.sidecar is not None):
             rest.append(entry)
             continue
-        hit = by_cheap.get(id(cheap))
-        if hit is None:
-            hit = by_cheap[id(cheap)] = validate_remembered(merge(cheap, None, None, None), schema, memo)
-        metadata, violation, text = hit
-        if violation is not None:
+        hit = _validated(ctx, by_cheap, cheap)
+        if hit[1] is not None:  # a violation: the full path dead-letters it
             rest.append(entry)
             continue
         slots.append(i)
         keys.append(key)
         kept_sections.append(section)
-        encoded.append(text)
-        sent.append(metadata)
-    distinct = {id(m): m for m in sent}  # each distinct metadata observed once, with its count
-    for ident, items in Counter(map(id, sent)).items():
-        observed.observe(distinct[ident], items)
-    titles = keys if titles_are_keys else [relative(key) or key for key in keys]
-    made = single_lines(kept_sections, list(map(url_for, keys)), titles, encoded)
+        hits.append(hit)
+    made = _send(ctx, observed, kept_sections, keys, hits, by_cheap)
     if not rest:
-        return list(made), rest
+        return made, rest
     lines: list[Line | None] = [None] * len(entries)
     for i, line in zip(slots, made, strict=True):
         lines[i] = line
     return lines, rest
 
+
+# (metadata as sent, violation or None, its canonical JSON text): what validation says of a Cheap
+Hit = tuple[dict[str, Any], Any, str]
 
 _KEY = attrgetter("key")
 _SIZE = attrgetter("size")
@@ -105,6 +95,30 @@ _SIDECAR = attrgetter("sidecar")
 _LAST_DOT = methodcaller("rpartition", ".")
 _DOT = itemgetter(1)
 _AFTER_DOT = itemgetter(2)
+_METADATA = itemgetter(0)
+_TEXT = itemgetter(2)
+
+
+def _validated(ctx: Any, by_cheap: dict[int, Hit], cheap: Any) -> Hit:
+    """The Cheap's metadata merged and validated, once per Cheap of the batch."""
+    hit = by_cheap.get(id(cheap))
+    if hit is None:
+        merged = ctx.plan.merge(cheap, None, None, None)
+        hit = by_cheap[id(cheap)] = validate_remembered(merged, ctx.schema, ctx.memo)
+    return hit
+
+
+def _send(
+    ctx: Any, observed: Observed, sections: list[str], keys: list[str], hits: list[Hit], by_cheap: dict[int, Hit]
+) -> list[Line]:
+    """The lines of plain objects (`hits` taken from `by_cheap`); what they send is added to
+    `observed` once per distinct metadata."""
+    distinct = {id(hit[0]): hit[0] for hit in by_cheap.values()}  # a few per batch
+    for ident, items in Counter(map(id, map(_METADATA, hits))).items():
+        observed.observe(distinct[ident], items)
+    relative = ctx.source.relative
+    titles = keys if ctx.options.title_from == "key" else [relative(key) or key for key in keys]
+    return single_lines(sections, list(map(ctx.source.store.url_for, keys)), titles, list(map(_TEXT, hits)))
 
 
 def _sections_of(keys: list[str], sections: dict[str, str]) -> list[str] | None:
@@ -112,8 +126,8 @@ def _sections_of(keys: list[str], sections: dict[str, str]) -> list[str] | None:
     `nii.gz`, ... are the loop's to decide), or None when a key has none."""
     ext = keys[0].rpartition(".")[2]
     section = sections.get(ext)
-    if section is not None:  # the usual batch: one extension (keys hold no newline, so each
-        joined = "\n".join(keys) + "\n"  # newline ends one key, and `.ext` before each: all match)
+    if section is not None:  # the usual batch, one extension: keys hold no newline, so each newline
+        joined = "\n".join(keys) + "\n"  # ends one key, and `.ext` right before every one of them
         if joined.count("\n") == len(keys) and joined.count(f".{ext}\n") == len(keys):
             return [section] * len(keys)
     parts = list(map(_LAST_DOT, keys))
@@ -128,7 +142,7 @@ def _all_plain(
     sections: dict[str, str],
     entries: Sequence[Entry],
     cheaps: list[Any],
-    by_cheap: dict[int, tuple[dict[str, Any], Any, str]],
+    by_cheap: dict[int, Hit],
     observed: Observed,
 ) -> list[Line] | None:
     """The lines of a batch whose every entry is plain, column by column (no Python code per
@@ -142,28 +156,8 @@ def _all_plain(
     kept_sections = _sections_of(keys, sections)
     if kept_sections is None:
         return None
-    schema, memo, merge = ctx.schema, ctx.memo, ctx.plan.merge
-    distinct = dict(zip(map(id, cheaps), cheaps, strict=True))
-    for ident, cheap in distinct.items():
-        if cheap.problem is not None:
+    for cheap in dict(zip(map(id, cheaps), cheaps, strict=True)).values():  # each distinct Cheap once
+        if cheap.problem is not None or _validated(ctx, by_cheap, cheap)[1] is not None:
             return None
-        hit = by_cheap.get(ident)
-        if hit is None:
-            hit = by_cheap[ident] = validate_remembered(merge(cheap, None, None, None), schema, memo)
-        if hit[1] is not None:  # a violation: the full path dead-letters it
-            return None
-    counts: dict[int, int] = {}  # objects per distinct metadata (Cheaps may share one), first seen first
-    metadata: dict[int, dict[str, Any]] = {}
-    for ident, items in Counter(map(id, cheaps)).items():
-        sent = by_cheap[ident][0]
-        metadata[id(sent)] = sent
-        counts[id(sent)] = counts.get(id(sent), 0) + items
-    for ident, items in counts.items():
-        observed.observe(metadata[ident], items)
-    relative = ctx.source.relative
-    titles = keys if ctx.options.title_from == "key" else [relative(key) or key for key in keys]
-    encoded = list(map(_TEXT, map(by_cheap.__getitem__, map(id, cheaps))))
-    return single_lines(kept_sections, list(map(ctx.source.store.url_for, keys)), titles, encoded)
-
-
-_TEXT = itemgetter(2)
+    hits = list(map(by_cheap.__getitem__, map(id, cheaps)))
+    return _send(ctx, observed, kept_sections, keys, hits, by_cheap)
