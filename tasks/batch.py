@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import not_
 from typing import Any
 
 from encord.exceptions import EncordException
@@ -539,10 +541,7 @@ def process_batch(ctx: RunContext, number: int, entries: Sequence[Entry]) -> Bat
 
 def fingerprints(ctx: RunContext, entries: Sequence[Entry], cheap: Sequence[Cheap]) -> list[str]:
     """Each entry's fingerprint; layers shared by many entries of the batch are rendered once."""
-    salt = ctx.plan.digest + ctx.schema.digest
-    texts: dict[tuple[int, ...], str] = {}
-    fingerprint = ctx.plan.fingerprint
-    return [fingerprint(entry, c, salt, texts) for entry, c in zip(entries, cheap, strict=True)]
+    return ctx.plan.fingerprints(entries, cheap, ctx.plan.digest + ctx.schema.digest)
 
 
 def _done(row: Row, fingerprint: str) -> bool:
@@ -577,20 +576,15 @@ def _drop_unchanged(ctx: RunContext, number: int, entries: Sequence[Entry]) -> t
     assert ctx.ledger is not None
     store = ctx.source.store
     urls = [store.url_for(e.obj.key) for e in entries]
-    rows = ctx.ledger.lookup(urls)
-    if not rows:  # a first run: everything is new
+    settled = ctx.ledger.settled(urls)
+    if not settled:  # a first run, or nothing of this batch is done yet
         return None, list(entries)
     prints = fingerprints(ctx, entries, ctx.plan.cheap(entries, ctx.source.relative))
-    left: list[Entry] = []
-    done: list[str] = []
-    for entry, url, fp in zip(entries, urls, prints, strict=True):
-        row = rows.get(url)
-        if row is not None and _done(row, fp) and not _staged_member(row):
-            done.append(url)
-        else:
-            left.append(entry)
+    unchanged = list(map(settled.__contains__, zip(urls, prints, strict=True)))
+    done = list(compress(urls, unchanged))
     if not done:
-        return None, left
+        return None, list(entries)
+    left = list(compress(entries, map(not_, unchanged)))
     ctx.ledger.record([], seen=done, run_id=ctx.run_id)
     report = BatchReport(number=number, listed=len(done), skipped=len(done), skip_reasons={UNCHANGED: len(done)})
     return report, left

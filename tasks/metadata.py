@@ -12,7 +12,8 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
+from functools import partial
+from operator import attrgetter, itemgetter, methodcaller
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,10 @@ MAX_SIDECAR_BYTES = 4 * MAX_METADATA_BYTES
 
 _ENTRY_KEY = attrgetter("obj.key")
 _GROUPS = re.Match.groups
+_OBJ, _SIDECAR = itemgetter(0), itemgetter(1)  # Entry's fields
+_TAGS = itemgetter(6)  # ObjectRef's
+_DIGEST = partial(hashlib.blake2b, digest_size=16)
+_HEX = methodcaller("hexdigest")
 
 
 class MetadataError(Exception):
@@ -314,6 +319,33 @@ class MetadataPlan:
         if sidecar is not None and self.uses_sidecar:
             parts += [sidecar.key, sidecar.etag, str(sidecar.size), sidecar.last_modified]
         return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
+
+    def fingerprints(self, entries: Sequence[Entry], cheap: Sequence[Cheap], salt: str) -> list[str]:
+        """`fingerprint` of each entry, column-wise where no entry has tags or a sidecar that counts.
+
+        A re-run computes one per listed object, so the common case is C-level maps over the
+        batch: the layers' text once per distinct Cheap, then one format, encode and hash per
+        object. The texts hashed are exactly `fingerprint`'s, so ledgers stay valid.
+        """
+        objs = list(map(_OBJ, entries))
+        texts: dict[tuple[int, ...], str] = {}
+        if any(map(_TAGS, objs)) or (self.uses_sidecar and any(map(_SIDECAR, entries))):
+            return [self.fingerprint(e, c, salt, texts) for e, c in zip(entries, cheap, strict=True)]
+        tails: dict[int, str] = {}  # by id of a Cheap, which `cheap` keeps alive
+        for c in {id(c): c for c in cheap}.values():
+            if not c.layers:
+                tails[id(c)] = ""
+                continue
+            ids = tuple(map(id, c.layers))
+            text = texts.get(ids)
+            if text is None:
+                text = texts[ids] = _layers_text(c.layers)
+            tails[id(c)] = "\x1f" + text
+        lines = [
+            f"{salt}\x1f{o.etag}\x1f{o.size}\x1f{o.last_modified}{tail}"
+            for o, tail in zip(objs, map(tails.__getitem__, map(id, cheap)), strict=True)
+        ]
+        return list(map(_HEX, map(_DIGEST, map(str.encode, lines))))
 
     def merge(
         self,

@@ -4,7 +4,7 @@ Each shortcut is held against the code it stands in for, on generated keys that 
 of its conditions: sidecar pairing of pages at once (`SidecarPairer._feed_apart`), manifest lines
 straight from the listing for plain objects (`tasks.plain`, per entry and column-wise), path
 layers column-wise (`MetadataPlan.cheap`), entries written without a JSON encoder
-(`single_lines`), and the sliced `extension`.
+(`single_lines`), fingerprints column-wise (`MetadataPlan.fingerprints`) and the sliced `extension`.
 """
 
 from __future__ import annotations
@@ -251,6 +251,49 @@ def test_path_layers_column_wise_equal_one_search_per_key(keys: list[str], prefi
         expected = {k: v for k, v in m.groupdict().items() if v is not None} if m else {}
         assert cheap.layers == [expected] and cheap.problem is None
         assert by_groups.setdefault(m.groups() if m else None, cheap) is cheap
+
+
+SPECS = st.lists(
+    st.sampled_from([r"path:(?P<site>[^/]+)/", r"path:(?P<n>[ab])?", "sidecar", "object", "set:team=x", "set:n=2"]),
+    max_size=3,
+)
+REFS = st.builds(
+    ObjectRef,
+    st.builds(_key, st.lists(PARTS, max_size=2), PARTS, EXTS),
+    st.integers(0, 10**12),
+    st.text(max_size=8),
+    st.just(""),
+    st.sampled_from(["", "2026-01-01T00:00:00+00:00", "t\x1f"]),
+    st.just(""),
+    st.sampled_from(["", "", "", "tags-1"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(SPECS, st.lists(st.tuples(REFS, st.none() | REFS), min_size=1, max_size=30), st.text(max_size=4))
+def test_fingerprints_column_wise_equal_one_per_entry(specs: list[str], pairs: list[Any], salt: str) -> None:
+    """`MetadataPlan.fingerprints` hashes exactly the text `fingerprint` hashes for each entry (the
+    ledger's fingerprints must not change), whether or not tags or sidecars send it the long way."""
+    plan = MetadataPlan.build(specs, url_base="s3://b/")
+    entries = [Entry(obj, sidecar) for obj, sidecar in pairs]
+    cheap = plan.cheap(entries, lambda key: key)
+    one_by_one = [plan.fingerprint(e, c, salt) for e, c in zip(entries, cheap, strict=True)]
+    assert plan.fingerprints(entries, cheap, salt) == one_by_one
+
+
+def test_fingerprints_go_column_wise_without_tags_or_counted_sidecars() -> None:
+    """The column-wise hashes are taken when no entry has tags and no sidecar counts, else not."""
+    plan = MetadataPlan.build([r"path:(?P<site>[^/]+)/", "sidecar"], url_base="s3://b/")
+    plain = [Entry(ObjectRef(f"s{i % 3}/{i}.jpg", i, f"e{i}", "", "t")) for i in range(50)]
+    tagged = [*plain[:-1], Entry(ObjectRef("s1/x.jpg", 1, "e", "", "t", "", "tags-1"))]
+    paired = [*plain[:-1], Entry(ObjectRef("s1/y.jpg", 1), ObjectRef("s1/y.json", 2))]
+    expected = {id(plain): True, id(tagged): False, id(paired): False}
+    for entries in (plain, tagged, paired):
+        cheap = plan.cheap(entries, lambda key: key)
+        reference = [plan.fingerprint(e, c, "salt") for e, c in zip(entries, cheap, strict=True)]
+        with mock.patch.object(MetadataPlan, "fingerprint", wraps=plan.fingerprint) as per_entry:
+            assert plan.fingerprints(entries, cheap, "salt") == reference
+        assert (per_entry.call_count == 0) is expected[id(entries)]
 
 
 def test_single_lines_are_json_whatever_the_strings() -> None:

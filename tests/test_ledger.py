@@ -71,6 +71,57 @@ def test_lookup_finds_exactly_the_urls_asked_for_whatever_lies_between_them(loca
         ledger.close()
 
 
+def test_settled_is_what_the_batch_would_skip_from_its_rows(location: str) -> None:
+    """settled() == the (url, fingerprint) of looked-up rows that are registered or skipped and not
+    registered group members: for batch-sized asks (a key range on SQLite) with other rows in
+    between, for small ones, and for URLs that have no row."""
+    ledger = Ledger(location)
+    try:
+        states = [State.REGISTERED, State.SKIPPED, State.PENDING, State.FAILED, State.DELETED]
+        rows = []
+        for i in range(1500):
+            state = states[i % len(states)]
+            group = f"series-{i % 4}" if i % 3 == 0 else ""
+            rows.append(row(f"s3://b/p/{i:05d}.dcm", state, fingerprint=f"fp-{i}", group_key=group))
+        ledger.record(rows, run_id="r1")
+        urls = [r["url"] for r in rows]
+        asks = {
+            "range, every other": [*urls[0:1400:2], "s3://b/p/00001.dcm-missing"],
+            "small": urls[5:12],
+            "far apart": urls[:30] + urls[-30:],
+            "none known": [f"s3://b/q/{i}" for i in range(40)],
+        }
+        for label, asked in asks.items():
+            expected = {
+                (url, r.fingerprint)
+                for url, r in ledger.lookup(asked).items()
+                if r.state in (State.REGISTERED, State.SKIPPED) and not (r.group_key and r.state == State.REGISTERED)
+            }
+            assert ledger.settled(asked) == expected, label
+        assert ledger.settled(urls[:400]), "the asks above must not all be empty"
+        assert ledger.settled([]) == set()
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize("json_each", [True, False])
+def test_seen_marks_exactly_the_listed_urls_with_or_without_json_each(tmp_path: Path, json_each: bool) -> None:
+    """SQLite marks seen URLs with one JSON parameter where it can, with IN lists where it cannot;
+    either way exactly those rows count as seen (quotes and non-ASCII included)."""
+    ledger = Ledger(str(tmp_path / "ledger.db"))
+    try:
+        assert ledger._json_each, "this machine's SQLite has the JSON functions"
+        ledger._json_each = json_each
+        names = [f"{i:05d}.jpg" for i in range(6000)] + ['q"uote.jpg', "\u00e9t\u00e9.jpg", "a b\\c.jpg"]
+        ledger.record([row(f"s3://b/p/{n}") for n in names], run_id="r1")
+        seen = [f"s3://b/p/{n}" for n in names if not n.startswith("0001")]
+        ledger.record([], seen=seen, run_id="r2")  # more than one 5,000-URL chunk
+        unseen = [r["url"] for page in ledger.unseen("s3://b/p/", "r2") for r in page]
+        assert unseen == sorted(f"s3://b/p/{n}" for n in names if n.startswith("0001"))
+    finally:
+        ledger.close()
+
+
 def test_lease_blocks_a_second_run_and_is_released(location: str) -> None:
     one, two = Ledger(location), Ledger(location)
     try:
@@ -113,8 +164,11 @@ def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
     engine.dispose()
     ledger = Ledger(str(path))
     try:
-        assert ledger.version == SCHEMA_VERSION == 3
+        assert ledger.version == SCHEMA_VERSION == 4
         assert ledger.lookup(["s3://b/x"])["s3://b/x"].fingerprint == "fp"
+        with ledger.engine.connect() as conn:  # v4 dropped the index each run's last_seen write paid for
+            indexes = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "ix_objects_source" in indexes and "ix_objects_source_seen" not in indexes
         ledger.acquire("s3://b/", "r1")  # the v2 leases table exists
     finally:
         ledger.close()
