@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import repeat
 from operator import attrgetter, itemgetter, methodcaller
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,8 @@ class MetadataPlan:
         path_layers: dict[tuple[int, tuple[str | None, ...]], dict[str, Any]] = {}
         constants = self._constants()
         empty: dict[str, Any] = {}
+        if not any(any(map(isinstance, got.values(), repeat(DuplicateRows))) for got in looked_up.values()):
+            return self._cheap_by_column(keys, relative, looked_up)
         out: list[Cheap] = []
         for key in keys:
             layers: list[dict[str, Any] | None] = []
@@ -244,6 +247,35 @@ class MetadataPlan:
                 layers.append(layer)
             out.append(Cheap(layers, problem))
         return out
+
+    def _cheap_by_column(
+        self, keys: list[str], relative: Any, looked_up: dict[int, dict[str, dict[str, Any] | DuplicateRows]]
+    ) -> list[Cheap]:
+        """`cheap` with tables that have one row per key in this batch: a column of layers per
+        spec (a table's by one map over the keys), then one Cheap per key from the columns."""
+        n_keys = len(keys)
+        empty: dict[str, Any] = {}
+        constants = self._constants()
+        columns: list[Iterable[dict[str, Any] | None]] = []
+        for n, spec in enumerate(self.specs):
+            if isinstance(spec, TableSpec):
+                columns.append(list(map(looked_up[spec.index].get, keys, repeat(empty))))
+            elif isinstance(spec, PathSpec):
+                memo: dict[tuple[str | None, ...], dict[str, Any]] = {}
+                column: list[dict[str, Any] | None] = []
+                for key in keys:
+                    m = spec.regex.search(relative(key)) or spec.regex.search(key)
+                    if m is None:
+                        column.append(empty)
+                        continue
+                    layer = memo.get(m.groups())
+                    if layer is None:
+                        layer = memo[m.groups()] = _path_layer(m)
+                    column.append(layer)
+                columns.append(column)
+            else:
+                columns.append(repeat(constants.get(n), n_keys))
+        return list(map(Cheap, map(list, zip(*columns, strict=True))))
 
     def _constants(self) -> dict[int, dict[str, Any]]:
         return {n: {s.name: s.value} for n, s in enumerate(self.specs) if isinstance(s, SetSpec)}

@@ -1,13 +1,18 @@
 """`table:URL` metadata: a CSV/JSONL/Parquet table joined to the listing without Python dicts per row.
 
-The table is loaded once into an on-disk DuckDB database sorted by key. A batch of listed keys
-is contiguous in key order, so one range query (pruned by DuckDB's zone maps) returns its rows.
+The table is loaded once into an on-disk DuckDB database sorted by key, each row numbered by
+its rank in key order. A batch of listed keys is contiguous in key order, so a sample of every
+`stride`-th key, kept in memory, turns the batch's first and last key into a range of row numbers:
+one query reads that range (pruned by DuckDB's zone maps), with no count query before it. The
+sample is bounded (`MAX_SAMPLE` keys), whatever the table's size.
 """
 
 from __future__ import annotations
 
 import tempfile
 import threading
+from bisect import bisect_left, bisect_right
+from itertools import compress, repeat
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,15 @@ from encord_ingest.errors import ConfigError
 from tasks.schema import key_problem
 
 KEY_COLUMN = "__key"
+ROW_COLUMN = "__row"  # rank in key order, 1-based
+MIN_STRIDE = 64  # rows per sampled key: a batch reads at most 2 * stride rows beyond its own
+# Column types whose cells Arrow gives back as the very Python values DuckDB's own rows would hold
+# (str, int, float, bool); a table with any other type is read row by row.
+ARROW_SAFE = frozenset(
+    ["VARCHAR", "BOOLEAN", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER",
+     "UBIGINT", "FLOAT", "DOUBLE"]
+)  # fmt: skip
+MAX_SAMPLE = 50_000  # sampled keys at most (a few MB); bigger tables sample every rows / MAX_SAMPLE-th key
 
 
 class DuplicateRows:
@@ -70,7 +84,7 @@ class MetadataTable:
             drop = ["url"]
         else:
             raise ConfigError(f"metadata table {self.label} needs a 'key' or 'url' column; it has {columns}")
-        self.columns = [c for c in columns if c not in drop and c != KEY_COLUMN]
+        self.columns = [c for c in columns if c not in drop and c not in (KEY_COLUMN, ROW_COLUMN)]
         for column in self.columns:
             problem = key_problem(column)
             if problem:
@@ -79,38 +93,65 @@ class MetadataTable:
         select = f", {select}" if select else ""
         try:
             self._con.execute(
-                f"CREATE TABLE meta AS SELECT * FROM (SELECT {key_expr} AS {KEY_COLUMN}{select} FROM {reader}) "
+                f"CREATE TABLE meta AS SELECT row_number() OVER (ORDER BY {KEY_COLUMN}) AS {ROW_COLUMN}, * "
+                f"FROM (SELECT {key_expr} AS {KEY_COLUMN}{select} FROM {reader}) "
                 f"WHERE {KEY_COLUMN} IS NOT NULL AND {KEY_COLUMN} <> '' ORDER BY {KEY_COLUMN}"
             )
         except duckdb.Error as exc:
             first = str(exc).splitlines()[0][:200]
             raise ConfigError(f"metadata table {self.label} cannot be loaded: {first}") from None
         self.rows = self._con.execute("SELECT count(*) FROM meta").fetchone()[0]
+        stride = max(MIN_STRIDE, -(-self.rows // MAX_SAMPLE))
+        sample = self._con.execute(
+            f"SELECT {ROW_COLUMN}, {KEY_COLUMN} FROM meta WHERE ({ROW_COLUMN} - 1) % {stride} = 0 "
+            f"OR {ROW_COLUMN} = ? ORDER BY {ROW_COLUMN}",
+            [self.rows],
+        ).fetchall()
+        self._sample_rows = [r for r, _ in sample]
+        self._sample_keys = [k for _, k in sample]
+        types = dict(self._con.execute("SELECT column_name, column_type FROM (DESCRIBE meta)").fetchall())
+        self._by_arrow = all(types[c] in ARROW_SAFE for c in self.columns)
+        self._select = ", ".join(f'"{c}"' for c in [KEY_COLUMN, *self.columns])
+
+    def _rows_between(self, lo: str, hi: str) -> tuple[int, int]:
+        """Row numbers that hold every row with a key in [lo, hi], from the sample alone."""
+        i = bisect_left(self._sample_keys, lo) - 1  # a sampled key below lo: no row before it is wanted
+        j = bisect_right(self._sample_keys, hi)  # a sampled key above hi: no row after it is wanted
+        first = self._sample_rows[i] if i >= 0 else 1
+        last = self._sample_rows[j] if j < len(self._sample_rows) else self.rows
+        return first, last
 
     def lookup(self, keys: list[str]) -> dict[str, dict[str, Any] | DuplicateRows]:
         """Rows for these keys (absent keys are absent); NULL cells are left out."""
         if not keys:
             return {}
         wanted = set(keys)
-        lo, hi = min(keys), max(keys)
+        if not self.rows:
+            return {}
+        first, last = self._rows_between(min(keys), max(keys))
+        if last - first < 4 * len(wanted) + 1000:
+            where, params = f"{ROW_COLUMN} BETWEEN ? AND ?", [first, last]
+        else:  # keys far apart in the table: only their rows
+            where, params = f"{KEY_COLUMN} IN (SELECT unnest(?::VARCHAR[]))", [sorted(wanted)]
+        sql = f"SELECT {self._select} FROM meta WHERE {where}"
         with self._lock:
-            count = self._con.execute(
-                f"SELECT count(*) FROM meta WHERE {KEY_COLUMN} BETWEEN ? AND ?", [lo, hi]
-            ).fetchone()[0]
-            if count <= 4 * len(wanted) + 1000:
-                cur = self._con.execute(f"SELECT * FROM meta WHERE {KEY_COLUMN} BETWEEN ? AND ?", [lo, hi])
+            if self._by_arrow:  # a column at a time: no Python tuple per row on the way
+                columns = [c.to_pylist() for c in self._con.sql(sql, params=params).to_arrow_table().columns]
             else:
-                cur = self._con.execute(
-                    f"SELECT * FROM meta WHERE {KEY_COLUMN} IN (SELECT unnest(?::VARCHAR[]))", [sorted(wanted)]
-                )
-            names = [d[0] for d in cur.description]
-            fetched = cur.fetchall()
-        out: dict[str, dict[str, Any] | DuplicateRows] = {}
-        for row in fetched:
-            key = row[0]
-            if key not in wanted:
-                continue
-            values = {n: v for n, v in zip(names[1:], row[1:], strict=True) if v is not None}
+                columns = [list(c) for c in zip(*self._con.execute(sql, params).fetchall(), strict=True)]
+        if not columns:
+            return {}
+        names = self.columns
+        keep = list(map(wanted.__contains__, columns[0]))
+        hit_keys = list(compress(columns[0], keep))
+        rows = list(compress(zip(*columns[1:], strict=True), keep)) if names else [()] * len(hit_keys)
+        out: dict[str, dict[str, Any] | DuplicateRows]
+        out = dict(zip(hit_keys, map(dict, map(zip, repeat(names), rows)), strict=True))
+        if len(out) == len(hit_keys) and not any(None in column for column in columns[1:]):
+            return out  # the common batch: one row per key, no NULL cells
+        out = {}
+        for key, row in zip(hit_keys, rows, strict=True):
+            values = {n: v for n, v in zip(names, row, strict=True) if v is not None}
             previous = out.get(key)
             if previous is None:
                 out[key] = values

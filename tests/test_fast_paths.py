@@ -13,10 +13,12 @@ import contextlib
 import json
 import re
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -294,6 +296,57 @@ def test_fingerprints_go_column_wise_without_tags_or_counted_sidecars() -> None:
         with mock.patch.object(MetadataPlan, "fingerprint", wraps=plan.fingerprint) as per_entry:
             assert plan.fingerprints(entries, cheap, "salt") == reference
         assert (per_entry.call_count == 0) is expected[id(entries)]
+
+
+@pytest.mark.parametrize("max_sample", [50_000, 7])  # every 64th key sampled; every ~700th
+def test_table_lookups_by_row_range_equal_a_plain_dict_of_the_file(tmp_path: Path, max_sample: int) -> None:
+    """`MetadataTable.lookup` (row ranges from a sample of keys, Arrow columns for plain types, rows
+    otherwise) gives what a dict built from the file gives: for contiguous, sparse and far-apart
+    batches, unsorted ones, keys beyond both ends, duplicate keys and NULL cells."""
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import tasks.tables
+    from tasks.tables import DuplicateRows, MetadataTable
+
+    rng = random.Random(5)
+    names = (f"{rng.choice('abc')}/{rng.randrange(10**6):06d}{rng.choice(['.jpg', '', 'é.png'])}" for _ in range(5000))
+    keys = sorted(set(names))
+    dupes = set(rng.sample(keys, 30))
+    rows = [k for k in keys for _ in range(2 if k in dupes else 1)]
+    n = len(rows)
+    score = [None if i % 17 == 0 else i / 4 for i in range(n)]
+    plain = pa.table({"key": rows, "site": [f"s{i % 5}" for i in range(n)], "score": score, "n": list(range(n))})
+    typed = plain.append_column("day", pa.array([None if i % 11 == 0 else date(2026, 1, 1 + i % 28) for i in range(n)]))
+    asks = [keys[100:1100], keys[::5][:1000], keys[:10] + keys[-10:], rng.sample(keys, 700), keys[4000:], keys[:3]]
+    asks += [["0-before", *keys[:50], "zzz-after"], ["only-missing"], [keys[0]], [keys[-1]]]
+
+    def comparable(got: dict[str, Any]) -> dict[str, Any]:
+        return {k: ("duplicate", v.count) if isinstance(v, DuplicateRows) else v for k, v in got.items()}
+
+    with mock.patch.object(tasks.tables, "MAX_SAMPLE", max_sample):
+        for label, table in (("plain", plain), ("typed", typed)):
+            path = tmp_path / f"{label}.parquet"
+            pq.write_table(table, path)
+            expected_all: dict[str, Any] = {}
+            for record in table.to_pylist():
+                key = record.pop("key")
+                expected_all[key] = (
+                    ("duplicate", 2) if key in dupes else {c: v for c, v in record.items() if v is not None}
+                )
+            meta = MetadataTable(path, label=label)
+            try:
+                assert meta._by_arrow is (label == "plain")
+                got = [comparable(meta.lookup(ask)) for ask in asks]
+                for ask, one in zip(asks, got, strict=True):
+                    assert one == {k: expected_all[k] for k in ask if k in expected_all}, label
+                if label == "plain":  # the row-by-row read gives the same as the Arrow one
+                    meta._by_arrow = False
+                    assert [comparable(meta.lookup(ask)) for ask in asks] == got
+            finally:
+                meta.close()
 
 
 def test_single_lines_are_json_whatever_the_strings() -> None:
