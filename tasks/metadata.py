@@ -214,11 +214,17 @@ class MetadataPlan:
         if not self.tables:
             return self._cheap_from_paths(keys, relative)
         looked_up = {i: t.lookup(keys) for i, t in self.tables.items()}
+        if not any(any(map(isinstance, got.values(), repeat(DuplicateRows))) for got in looked_up.values()):
+            return self._cheap_by_column(keys, relative, looked_up)
+        return self._cheap_by_key(keys, relative, looked_up)
+
+    def _cheap_by_key(
+        self, keys: list[str], relative: Any, looked_up: dict[int, dict[str, dict[str, Any] | DuplicateRows]]
+    ) -> list[Cheap]:
+        """`cheap` with tables, one key at a time: a duplicated key becomes its entry's problem."""
         path_layers: dict[tuple[int, tuple[str | None, ...]], dict[str, Any]] = {}
         constants = self._constants()
         empty: dict[str, Any] = {}
-        if not any(any(map(isinstance, got.values(), repeat(DuplicateRows))) for got in looked_up.values()):
-            return self._cheap_by_column(keys, relative, looked_up)
         out: list[Cheap] = []
         for key in keys:
             layers: list[dict[str, Any] | None] = []

@@ -349,6 +349,32 @@ def test_table_lookups_by_row_range_equal_a_plain_dict_of_the_file(tmp_path: Pat
                 meta.close()
 
 
+def test_table_layers_column_wise_equal_key_by_key(tmp_path: Path) -> None:
+    """With a table, a path regex and a constant, `cheap` column-wise (one row per key) gives the
+    layers the key-by-key loop gives; a duplicated key sends the batch the long way, with its problem."""
+    table = tmp_path / "t.csv"
+    rows = [f"s{i % 3}/c{i % 2}/{i:04d}.jpg,{i % 7},{'' if i % 5 == 0 else i}" for i in range(3000)]
+    table.write_text("key,site,n\n" + "\n".join([*rows, "s0/c1/0003.jpg,dup,1"]) + "\n")
+    specs = [f"table:{table}", r"path:(?P<top>s\d)/(?P<cam>c\d)?", "set:team=x", "sidecar"]
+    plan = MetadataPlan.build(specs, url_base="s3://b/")
+    source = Source(url="s3://b/s1/", store=_Store({}), prefix="s1/")
+    try:
+        listed = [r.split(",")[0] for r in rows[::3] if not r.startswith("s0/c1/0003.jpg")]  # the duplicate: below
+        keys = sorted([*listed, "missing.jpg", "s1/x/no-cam.jpg"])
+        for batch in (keys[:400], keys[400:]):
+            looked_up = {i: t.lookup(batch) for i, t in plan.tables.items()}
+            by_key = plan._cheap_by_key(batch, source.relative, looked_up)
+            assert [c.problem for c in by_key] == [None] * len(batch)
+            by_column = plan.cheap([Entry(ObjectRef(k, 1)) for k in batch], source.relative)
+            assert [c.layers for c in by_column] == [c.layers for c in by_key]
+            assert all(c.problem is None for c in by_column)
+        with_dupe = plan.cheap([Entry(ObjectRef(k, 1)) for k in ["s0/c1/0003.jpg", "s0/c0/0006.jpg"]], source.relative)
+        assert with_dupe[0].problem is not None and with_dupe[0].problem.rule == "table.duplicate_key"
+        assert with_dupe[1].problem is None and with_dupe[1].layers[0] == {"site": "6", "n": "6"}
+    finally:
+        plan.close()
+
+
 def test_single_lines_are_json_whatever_the_strings() -> None:
     """Entries written without an encoder (strings that need no escaping) and with one read back the same."""
     urls = ["s3://b/plain.jpg", 's3://b/q"t.jpg', "s3://b/back\\slash.jpg", "s3://b/ctl\x01.jpg", "s3://b/é.jpg"]
