@@ -1,8 +1,8 @@
 """`table:URL` metadata: a CSV/JSONL/Parquet table joined to the listing without Python dicts per row.
 
-The table is loaded once into an on-disk DuckDB database sorted by key, each row numbered by
+The table is loaded once into an on-disk DuckDB database sorted by key, so a row's position is
 its rank in key order. A batch of listed keys is contiguous in key order, so a sample of every
-`stride`-th key, kept in memory, turns the batch's first and last key into a range of row numbers:
+`stride`-th key, kept in memory, turns the batch's first and last key into a range of positions:
 one query reads that range (pruned by DuckDB's zone maps), with no count query before it. The
 sample is bounded (`MAX_SAMPLE` keys), whatever the table's size.
 """
@@ -22,7 +22,7 @@ from encord_ingest.errors import ConfigError
 from tasks.schema import key_problem
 
 KEY_COLUMN = "__key"
-ROW_COLUMN = "__row"  # rank in key order, 1-based
+ROW_COLUMN = "__row"  # rank in key order from 0, where rowid is not (never seen)
 MIN_STRIDE = 64  # rows per sampled key: a batch reads at most 2 * stride rows beyond its own
 # Column types whose cells Arrow gives back as the very Python values DuckDB's own rows would hold
 # (str, int, float, bool); a table with any other type is read row by row.
@@ -91,21 +91,29 @@ class MetadataTable:
                 raise ConfigError(f"metadata table {self.label}: column {column!r}: {problem}")
         select = ", ".join(f'"{c}"' for c in self.columns)
         select = f", {select}" if select else ""
+        source = (
+            f"(SELECT {key_expr} AS {KEY_COLUMN}{select} FROM {reader}) "
+            f"WHERE {KEY_COLUMN} IS NOT NULL AND {KEY_COLUMN} <> ''"
+        )
         try:
-            self._con.execute(
-                f"CREATE TABLE meta AS SELECT row_number() OVER (ORDER BY {KEY_COLUMN}) AS {ROW_COLUMN}, * "
-                f"FROM (SELECT {key_expr} AS {KEY_COLUMN}{select} FROM {reader}) "
-                f"WHERE {KEY_COLUMN} IS NOT NULL AND {KEY_COLUMN} <> '' ORDER BY {KEY_COLUMN}"
-            )
+            self._con.execute(f"CREATE TABLE meta AS SELECT * FROM {source} ORDER BY {KEY_COLUMN}")
+            unordered = not self._stored_in_key_order()
+            if unordered:  # the rank numbered explicitly: a window sort, about as long as the load again
+                self._con.execute(
+                    f"CREATE OR REPLACE TABLE meta AS SELECT row_number() OVER (ORDER BY {KEY_COLUMN}) - 1 AS "
+                    f"{ROW_COLUMN}, * FROM {source} ORDER BY {KEY_COLUMN}"
+                )
+            self._position = ROW_COLUMN if unordered else "rowid"
         except duckdb.Error as exc:
             first = str(exc).splitlines()[0][:200]
             raise ConfigError(f"metadata table {self.label} cannot be loaded: {first}") from None
         self.rows = self._con.execute("SELECT count(*) FROM meta").fetchone()[0]
         stride = max(MIN_STRIDE, -(-self.rows // MAX_SAMPLE))
+        position = self._position
         sample = self._con.execute(
-            f"SELECT {ROW_COLUMN}, {KEY_COLUMN} FROM meta WHERE ({ROW_COLUMN} - 1) % {stride} = 0 "
-            f"OR {ROW_COLUMN} = ? ORDER BY {ROW_COLUMN}",
-            [self.rows],
+            f"SELECT {position}, {KEY_COLUMN} FROM meta WHERE {position} % {stride} = 0 OR {position} = ? "
+            f"ORDER BY {position}",
+            [self.rows - 1],
         ).fetchall()
         self._sample_rows = [r for r, _ in sample]
         self._sample_keys = [k for _, k in sample]
@@ -113,12 +121,21 @@ class MetadataTable:
         self._by_arrow = all(types[c] in ARROW_SAFE for c in self.columns)
         self._select = ", ".join(f'"{c}"' for c in [KEY_COLUMN, *self.columns])
 
+    def _stored_in_key_order(self) -> bool:
+        """DuckDB stores a CREATE TABLE AS's rows in its ORDER BY's order, so a row's rowid is its
+        rank by key; checked once per load (a fraction of it) rather than assumed."""
+        unordered = self._con.execute(
+            f"SELECT count(*) FROM (SELECT {KEY_COLUMN} AS k, lag({KEY_COLUMN}) OVER (ORDER BY rowid) AS p "
+            "FROM meta) WHERE p > k"
+        ).fetchone()[0]
+        return not unordered
+
     def _rows_between(self, lo: str, hi: str) -> tuple[int, int]:
         """Row numbers that hold every row with a key in [lo, hi], from the sample alone."""
         i = bisect_left(self._sample_keys, lo) - 1  # a sampled key below lo: no row before it is wanted
         j = bisect_right(self._sample_keys, hi)  # a sampled key above hi: no row after it is wanted
-        first = self._sample_rows[i] if i >= 0 else 1
-        last = self._sample_rows[j] if j < len(self._sample_rows) else self.rows
+        first = self._sample_rows[i] if i >= 0 else 0
+        last = self._sample_rows[j] if j < len(self._sample_rows) else self.rows - 1
         return first, last
 
     def lookup(self, keys: list[str]) -> dict[str, dict[str, Any] | DuplicateRows]:
@@ -130,7 +147,7 @@ class MetadataTable:
             return {}
         first, last = self._rows_between(min(keys), max(keys))
         if last - first < 4 * len(wanted) + 1000:
-            where, params = f"{ROW_COLUMN} BETWEEN ? AND ?", [first, last]
+            where, params = f"{self._position} BETWEEN ? AND ?", [first, last]
         else:  # keys far apart in the table: only their rows
             where, params = f"{KEY_COLUMN} IN (SELECT unnest(?::VARCHAR[]))", [sorted(wanted)]
         sql = f"SELECT {self._select} FROM meta WHERE {where}"

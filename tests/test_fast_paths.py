@@ -13,6 +13,7 @@ import contextlib
 import json
 import re
 from collections.abc import Iterator
+from contextlib import nullcontext
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -298,11 +299,14 @@ def test_fingerprints_go_column_wise_without_tags_or_counted_sidecars() -> None:
         assert (per_entry.call_count == 0) is expected[id(entries)]
 
 
-@pytest.mark.parametrize("max_sample", [50_000, 7])  # every 64th key sampled; every ~700th
-def test_table_lookups_by_row_range_equal_a_plain_dict_of_the_file(tmp_path: Path, max_sample: int) -> None:
-    """`MetadataTable.lookup` (row ranges from a sample of keys, Arrow columns for plain types, rows
-    otherwise) gives what a dict built from the file gives: for contiguous, sparse and far-apart
-    batches, unsorted ones, keys beyond both ends, duplicate keys and NULL cells."""
+@pytest.mark.parametrize(("max_sample", "by_rowid"), [(50_000, True), (7, True), (50_000, False)])
+def test_table_lookups_by_row_range_equal_a_plain_dict_of_the_file(
+    tmp_path: Path, max_sample: int, by_rowid: bool
+) -> None:
+    """`MetadataTable.lookup` (position ranges from a sample of keys - every 64th, or every ~700th -
+    by rowid or by an explicit rank; Arrow columns for plain types, rows otherwise) gives what a
+    dict built from the file gives: for contiguous, sparse and far-apart batches, unsorted ones,
+    keys beyond both ends, duplicate keys and NULL cells."""
     import random
 
     import pyarrow as pa
@@ -326,7 +330,10 @@ def test_table_lookups_by_row_range_equal_a_plain_dict_of_the_file(tmp_path: Pat
     def comparable(got: dict[str, Any]) -> dict[str, Any]:
         return {k: ("duplicate", v.count) if isinstance(v, DuplicateRows) else v for k, v in got.items()}
 
-    with mock.patch.object(tasks.tables, "MAX_SAMPLE", max_sample):
+    with (
+        mock.patch.object(tasks.tables, "MAX_SAMPLE", max_sample),
+        mock.patch.object(MetadataTable, "_stored_in_key_order", return_value=False) if not by_rowid else nullcontext(),
+    ):
         for label, table in (("plain", plain), ("typed", typed)):
             path = tmp_path / f"{label}.parquet"
             pq.write_table(table, path)
@@ -339,6 +346,7 @@ def test_table_lookups_by_row_range_equal_a_plain_dict_of_the_file(tmp_path: Pat
             meta = MetadataTable(path, label=label)
             try:
                 assert meta._by_arrow is (label == "plain")
+                assert meta._position == ("rowid" if by_rowid else "__row")
                 got = [comparable(meta.lookup(ask)) for ask in asks]
                 for ask, one in zip(asks, got, strict=True):
                     assert one == {k: expected_all[k] for k in ask if k in expected_all}, label
