@@ -282,22 +282,9 @@ class Ledger:
             c.group_key, c.kind,
         )  # fmt: skip
         with self.engine.connect() as conn:
-            if self.dialect == "sqlite" and len(urls) > 16:
-                # A batch is mostly one key range: one range scan of the primary key instead of a
-                # 1,000-parameter IN. SQLite compares text bytewise, as min/max do here (PostgreSQL's
-                # collation may not, so it keeps the IN). Too many rows in between: the IN after all.
-                # The rows are read through the DB-API cursor: plain tuples, no result-row objects.
-                limit = 4 * len(urls) + 64
-                sql = f"SELECT {', '.join(col.name for col in cols)} FROM objects WHERE url >= ? AND url <= ? LIMIT ?"
-                cursor = conn.connection.cursor()
-                try:
-                    cursor.execute(sql, (min(urls), max(urls), limit))
-                    found = cursor.fetchall()
-                finally:
-                    cursor.close()
-                if len(found) < limit:
-                    wanted = set(urls)
-                    return {t[0]: Row(*t[:7], bool(t[7]), *t[8:]) for t in found if t[0] in wanted}
+            found = self._in_url_range(conn, ", ".join(col.name for col in cols), "", (), urls)
+            if found is not None:
+                return {t[0]: Row(*t[:7], bool(t[7]), *t[8:]) for t in found}
             result = conn.execute(select(*cols).where(c.url.in_(list(urls))))
             return {t[0]: Row(*t) for t in result.tuples()}  # plain tuples: no per-row mapping access
 
@@ -312,30 +299,48 @@ class Ledger:
             return set()
         c = objects.c
         with self.engine.connect() as conn:
-            if self.dialect == "sqlite" and len(urls) > 16:
-                # As in `lookup`: one range scan of the primary key; `+state` keeps SQLite's planner
-                # on that key instead of the index on state (15x slower here).
-                limit = 4 * len(urls) + 64
-                sql = (
-                    "SELECT url, fingerprint FROM objects WHERE url >= ? AND url <= ? AND +state IN (?, ?) "
-                    "AND NOT (group_key != '' AND +state = ?) LIMIT ?"
-                )
-                cursor = conn.connection.cursor()
-                try:
-                    states = (State.REGISTERED, State.SKIPPED, State.REGISTERED)
-                    cursor.execute(sql, (min(urls), max(urls), *states, limit))
-                    found = cursor.fetchall()
-                finally:
-                    cursor.close()
-                if len(found) < limit:
-                    wanted = set(urls)
-                    return {t for t in found if t[0] in wanted}
+            # `+state` keeps SQLite's planner on the primary key instead of the index on state (15x slower)
+            found = self._in_url_range(
+                conn,
+                "url, fingerprint",
+                "AND +state IN (?, ?) AND NOT (group_key != '' AND +state = ?)",
+                (State.REGISTERED, State.SKIPPED, State.REGISTERED),
+                urls,
+            )
+            if found is not None:
+                return set(found)
             q = select(c.url, c.fingerprint).where(
                 c.url.in_(list(urls)),
                 c.state.in_([State.REGISTERED, State.SKIPPED]),
                 ~and_(c.group_key != "", c.state == State.REGISTERED),
             )
             return set(conn.execute(q).tuples())
+
+    def _in_url_range(
+        self, conn: Connection, columns: str, where: str, params: tuple[Any, ...], urls: Sequence[str]
+    ) -> list[tuple[Any, ...]] | None:
+        """Rows of `urls` (first column: url) by one range scan of the primary key, or None when
+        the caller should ask with an IN list instead.
+
+        A batch is mostly one key range: one range scan instead of a 1,000-parameter IN. SQLite
+        compares text bytewise, as min/max do here (PostgreSQL's collation may not, so it keeps the
+        IN). Too many rows in between: the IN after all. The rows are read through the DB-API
+        cursor: plain tuples, no result-row objects.
+        """
+        if self.dialect != "sqlite" or len(urls) <= 16:
+            return None
+        limit = 4 * len(urls) + 64
+        sql = f"SELECT {columns} FROM objects WHERE url >= ? AND url <= ? {where} LIMIT ?"
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(sql, (min(urls), max(urls), *params, limit))
+            found = cursor.fetchall()
+        finally:
+            cursor.close()
+        if len(found) >= limit:
+            return None
+        wanted = set(urls)
+        return [t for t in found if t[0] in wanted]
 
     def record(self, rows: Iterable[dict[str, Any]], *, seen: Sequence[str] = (), run_id: str = "") -> None:
         """Upsert rows and mark `seen` URLs as listed by `run_id`, in one transaction."""
