@@ -214,58 +214,30 @@ class MetadataPlan:
         if not self.tables:
             return self._cheap_from_paths(keys, relative)
         looked_up = {i: t.lookup(keys) for i, t in self.tables.items()}
-        if not any(any(map(isinstance, got.values(), repeat(DuplicateRows))) for got in looked_up.values()):
-            return self._cheap_by_column(keys, relative, looked_up)
-        return self._cheap_by_key(keys, relative, looked_up)
+        return self._cheap_with_tables(keys, relative, looked_up)
 
-    def _cheap_by_key(
+    def _cheap_with_tables(
         self, keys: list[str], relative: Any, looked_up: dict[int, dict[str, dict[str, Any] | DuplicateRows]]
     ) -> list[Cheap]:
-        """`cheap` with tables, one key at a time: a duplicated key becomes its entry's problem."""
-        path_layers: dict[tuple[int, tuple[str | None, ...]], dict[str, Any]] = {}
-        constants = self._constants()
-        empty: dict[str, Any] = {}
-        out: list[Cheap] = []
-        for key in keys:
-            layers: list[dict[str, Any] | None] = []
-            problem: MetadataError | None = None
-            for n, spec in enumerate(self.specs):
-                layer: dict[str, Any] | None = None
-                if isinstance(spec, PathSpec):
-                    m = spec.regex.search(relative(key)) or spec.regex.search(key)
-                    if m is None:
-                        layer = empty
-                    else:
-                        memo_key = (n, m.groups())
-                        layer = path_layers.get(memo_key)
-                        if layer is None:
-                            layer = path_layers[memo_key] = _path_layer(m)
-                elif isinstance(spec, TableSpec):
-                    row = looked_up[spec.index].get(key, empty)
-                    if isinstance(row, DuplicateRows):
-                        problem = MetadataError(
-                            "table.duplicate_key", f"metadata table {spec.url} has {row.count} rows for this key"
-                        )
-                        row = empty
-                    layer = row
-                elif isinstance(spec, SetSpec):
-                    layer = constants[n]
-                layers.append(layer)
-            out.append(Cheap(layers, problem))
-        return out
-
-    def _cheap_by_column(
-        self, keys: list[str], relative: Any, looked_up: dict[int, dict[str, dict[str, Any] | DuplicateRows]]
-    ) -> list[Cheap]:
-        """`cheap` with tables that have one row per key in this batch: a column of layers per
-        spec (a table's by one map over the keys), then one Cheap per key from the columns."""
+        """`cheap` with tables: a column of layers per spec (a table's by one map over the keys),
+        then one Cheap per key from the columns. A key a table holds twice gets an empty layer
+        there and the duplicate as its problem."""
         n_keys = len(keys)
         empty: dict[str, Any] = {}
         constants = self._constants()
         columns: list[Iterable[dict[str, Any] | None]] = []
+        problems: dict[int, MetadataError] = {}  # by the key's place in `keys`; a later table's wins
         for n, spec in enumerate(self.specs):
             if isinstance(spec, TableSpec):
-                columns.append(list(map(looked_up[spec.index].get, keys, repeat(empty))))
+                rows = list(map(looked_up[spec.index].get, keys, repeat(empty)))
+                if any(map(isinstance, rows, repeat(DuplicateRows))):
+                    for i, row in enumerate(rows):
+                        if isinstance(row, DuplicateRows):
+                            problems[i] = MetadataError(
+                                "table.duplicate_key", f"metadata table {spec.url} has {row.count} rows for this key"
+                            )
+                            rows[i] = empty
+                columns.append(rows)
             elif isinstance(spec, PathSpec):
                 memo: dict[tuple[str | None, ...], dict[str, Any]] = {}
                 column: list[dict[str, Any] | None] = []
@@ -281,7 +253,10 @@ class MetadataPlan:
                 columns.append(column)
             else:
                 columns.append(repeat(constants.get(n), n_keys))
-        return list(map(Cheap, map(list, zip(*columns, strict=True))))
+        out = list(map(Cheap, map(list, zip(*columns, strict=True))))
+        for i, problem in problems.items():
+            out[i].problem = problem
+        return out
 
     def _constants(self) -> dict[int, dict[str, Any]]:
         return {n: {s.name: s.value} for n, s in enumerate(self.specs) if isinstance(s, SetSpec)}

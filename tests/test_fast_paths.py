@@ -358,26 +358,32 @@ def test_table_lookups_by_row_range_equal_a_plain_dict_of_the_file(
 
 
 def test_table_layers_column_wise_equal_key_by_key(tmp_path: Path) -> None:
-    """With a table, a path regex and a constant, `cheap` column-wise (one row per key) gives the
-    layers the key-by-key loop gives; a duplicated key sends the batch the long way, with its problem."""
+    """With a table, a path regex and a constant, `cheap` (a column of layers per spec) gives each
+    key the layers worked out for it alone from the file; a duplicated key gets its problem."""
     table = tmp_path / "t.csv"
     rows = [f"s{i % 3}/c{i % 2}/{i:04d}.jpg,{i % 7},{'' if i % 5 == 0 else i}" for i in range(3000)]
     table.write_text("key,site,n\n" + "\n".join([*rows, "s0/c1/0003.jpg,dup,1"]) + "\n")
-    specs = [f"table:{table}", r"path:(?P<top>s\d)/(?P<cam>c\d)?", "set:team=x", "sidecar"]
+    regex = r"(?P<top>s\d)/(?P<cam>c\d)?"
+    specs = [f"table:{table}", f"path:{regex}", "set:team=x", "sidecar"]
     plan = MetadataPlan.build(specs, url_base="s3://b/")
     source = Source(url="s3://b/s1/", store=_Store({}), prefix="s1/")
+    cells = {r.split(",")[0]: dict(zip(["site", "n"], r.split(",")[1:], strict=True)) for r in rows}
+
+    def one_by_one(key: str) -> list[Any]:
+        m = re.search(regex, source.relative(key)) or re.search(regex, key)
+        path = {k: v for k, v in m.groupdict().items() if v is not None} if m else {}
+        return [{k: v for k, v in cells.get(key, {}).items() if v}, path, {"team": "x"}, None]
+
     try:
         listed = [r.split(",")[0] for r in rows[::3] if not r.startswith("s0/c1/0003.jpg")]  # the duplicate: below
         keys = sorted([*listed, "missing.jpg", "s1/x/no-cam.jpg"])
         for batch in (keys[:400], keys[400:]):
-            looked_up = {i: t.lookup(batch) for i, t in plan.tables.items()}
-            by_key = plan._cheap_by_key(batch, source.relative, looked_up)
-            assert [c.problem for c in by_key] == [None] * len(batch)
             by_column = plan.cheap([Entry(ObjectRef(k, 1)) for k in batch], source.relative)
-            assert [c.layers for c in by_column] == [c.layers for c in by_key]
+            assert [c.layers for c in by_column] == [one_by_one(k) for k in batch]
             assert all(c.problem is None for c in by_column)
         with_dupe = plan.cheap([Entry(ObjectRef(k, 1)) for k in ["s0/c1/0003.jpg", "s0/c0/0006.jpg"]], source.relative)
         assert with_dupe[0].problem is not None and with_dupe[0].problem.rule == "table.duplicate_key"
+        assert with_dupe[0].layers == [{}, {"top": "s0", "cam": "c1"}, {"team": "x"}, None]
         assert with_dupe[1].problem is None and with_dupe[1].layers[0] == {"site": "6", "n": "6"}
     finally:
         plan.close()
