@@ -162,6 +162,15 @@ def _layers_text(layers: Sequence[dict[str, Any] | None]) -> str:
     return "\x1f".join(repr(sorted(layer.items())) if layer else "-" for layer in layers)
 
 
+def _shared_layers_text(layers: Sequence[dict[str, Any] | None], texts: dict[tuple[int, ...], str]) -> str:
+    """`_layers_text`, once per combination of layer objects (by id: the caller keeps them alive)."""
+    ids = tuple(map(id, layers))
+    text = texts.get(ids)
+    if text is None:
+        text = texts[ids] = _layers_text(layers)
+    return text
+
+
 def _stable(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str, ensure_ascii=False, separators=(",", ":"))
 
@@ -320,14 +329,7 @@ class MetadataPlan:
         if obj.tags:  # only where tags were listed: other fingerprints stay as they were
             parts.append(obj.tags)
         if layers:
-            if texts is None:
-                parts.append(_layers_text(layers))
-            else:
-                ids = tuple(map(id, layers))
-                text = texts.get(ids)
-                if text is None:
-                    text = texts[ids] = _layers_text(layers)
-                parts.append(text)
+            parts.append(_layers_text(layers) if texts is None else _shared_layers_text(layers, texts))
         sidecar = entry.sidecar
         if sidecar is not None and self.uses_sidecar:
             parts += [sidecar.key, sidecar.etag, str(sidecar.size), sidecar.last_modified]
@@ -346,14 +348,7 @@ class MetadataPlan:
             return [self.fingerprint(e, c, salt, texts) for e, c in zip(entries, cheap, strict=True)]
         tails: dict[int, str] = {}  # by id of a Cheap, which `cheap` keeps alive
         for c in {id(c): c for c in cheap}.values():
-            if not c.layers:
-                tails[id(c)] = ""
-                continue
-            ids = tuple(map(id, c.layers))
-            text = texts.get(ids)
-            if text is None:
-                text = texts[ids] = _layers_text(c.layers)
-            tails[id(c)] = "\x1f" + text
+            tails[id(c)] = "\x1f" + _shared_layers_text(c.layers, texts) if c.layers else ""
         lines = [
             f"{salt}\x1f{o.etag}\x1f{o.size}\x1f{o.last_modified}{tail}"
             for o, tail in zip(objs, map(tails.__getitem__, map(id, cheap)), strict=True)
