@@ -140,11 +140,9 @@ class MetadataTable:
 
     def lookup(self, keys: list[str]) -> dict[str, dict[str, Any] | DuplicateRows]:
         """Rows for these keys (absent keys are absent); NULL cells are left out."""
-        if not keys:
+        if not keys or not self.rows:
             return {}
         wanted = set(keys)
-        if not self.rows:
-            return {}
         first, last = self._rows_between(min(keys), max(keys))
         if last - first < 4 * len(wanted) + 1000:
             where, params = f"{self._position} BETWEEN ? AND ?", [first, last]
