@@ -12,6 +12,7 @@ from __future__ import annotations
 import tempfile
 import threading
 from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
 from itertools import compress, repeat
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,20 @@ ARROW_SAFE = frozenset(
     ["VARCHAR", "BOOLEAN", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER",
      "UBIGINT", "FLOAT", "DOUBLE"]
 )  # fmt: skip
+READ_AHEAD = 8  # a window reads this many batch spans beyond the batch that missed it
+MAX_WINDOWS = 4  # windows kept, most recent first: one per listing shard walking its part of the table
+MAX_WINDOW_ROWS = 65_536  # a window reads at most this many rows beyond its batch's own
 MAX_SAMPLE = 50_000  # sampled keys at most (a few MB); bigger tables sample every rows / MAX_SAMPLE-th key
+
+
+@dataclass(slots=True)
+class _Window:
+    """Rows read ahead: sample span [start, stop] of the table, from row position `first` on."""
+
+    start: int
+    stop: int
+    first: int
+    data: Any  # a pyarrow Table, or a list of columns
 
 
 class DuplicateRows:
@@ -103,19 +117,21 @@ class MetadataTable:
                     f"CREATE OR REPLACE TABLE meta AS SELECT row_number() OVER (ORDER BY {KEY_COLUMN}) - 1 AS "
                     f"{ROW_COLUMN}, * FROM {source} ORDER BY {KEY_COLUMN}"
                 )
-            self._position = ROW_COLUMN if unordered else "rowid"
+            self._order = ROW_COLUMN if unordered else "rowid"
         except duckdb.Error as exc:
             first = str(exc).splitlines()[0][:200]
             raise ConfigError(f"metadata table {self.label} cannot be loaded: {first}") from None
         self.rows = self._con.execute("SELECT count(*) FROM meta").fetchone()[0]
         stride = max(MIN_STRIDE, -(-self.rows // MAX_SAMPLE))
-        position = self._position
+        position = self._order
         sample = self._con.execute(
             f"SELECT {position}, {KEY_COLUMN} FROM meta WHERE {position} % {stride} = 0 OR {position} = ? "
             f"ORDER BY {position}",
             [self.rows - 1],
         ).fetchall()
         self._sample_rows = [r for r, _ in sample]
+        self._max_window_strides = max(1, MAX_WINDOW_ROWS // stride)
+        self._windows: list[_Window] = []
         self._sample_keys = [k for _, k in sample]
         types = dict(self._con.execute("SELECT column_name, column_type FROM (DESCRIBE meta)").fetchall())
         self._by_arrow = all(types[c] in ARROW_SAFE for c in self.columns)
@@ -130,30 +146,69 @@ class MetadataTable:
         ).fetchone()[0]
         return not unordered
 
-    def _rows_between(self, lo: str, hi: str) -> tuple[int, int]:
-        """Row numbers that hold every row with a key in [lo, hi], from the sample alone."""
+    def _span(self, lo: str, hi: str) -> tuple[int, int]:
+        """Indices into the sample whose rows bound every row with a key in [lo, hi]: -1 and
+        len(sample) stand for the table's first and last row."""
         i = bisect_left(self._sample_keys, lo) - 1  # a sampled key below lo: no row before it is wanted
         j = bisect_right(self._sample_keys, hi)  # a sampled key above hi: no row after it is wanted
-        first = self._sample_rows[i] if i >= 0 else 0
-        last = self._sample_rows[j] if j < len(self._sample_rows) else self.rows - 1
-        return first, last
+        return i, j
+
+    def _position(self, index: int) -> int:
+        if index < 0:
+            return 0
+        return self._sample_rows[index] if index < len(self._sample_rows) else self.rows - 1
+
+    def _rows_between(self, lo: str, hi: str) -> tuple[int, int]:
+        """Row numbers that hold every row with a key in [lo, hi], from the sample alone."""
+        i, j = self._span(lo, hi)
+        return self._position(i), self._position(j)
+
+    def _window(self, i: int, j: int) -> _Window:
+        """The cached window holding sample span (i, j), else a new one read from the table that
+        reaches READ_AHEAD spans beyond it: the next batches of a listing walk on in key order."""
+        for n, window in enumerate(self._windows):
+            if window.start <= i and j <= window.stop:
+                if n:
+                    self._windows.insert(0, self._windows.pop(n))
+                return window
+        strides = max(1, j - i)
+        stop = min(len(self._sample_rows), j + max(0, min(READ_AHEAD * strides, self._max_window_strides - strides)))
+        first, last = self._position(i), self._position(stop)
+        sql = f"SELECT {self._select} FROM meta WHERE {self._order} BETWEEN ? AND ?"
+        data: Any
+        if self._by_arrow:  # a column at a time: no Python tuple per row on the way
+            data = self._con.sql(sql, params=[first, last]).to_arrow_table()
+        else:
+            data = [list(c) for c in zip(*self._con.execute(sql, [first, last]).fetchall(), strict=True)]
+        window = _Window(i, stop, first, data)
+        self._windows.insert(0, window)
+        del self._windows[MAX_WINDOWS:]
+        return window
+
+    def _columns(self, keys: list[str], wanted: set[str]) -> list[list[Any]]:
+        """Key column first, then the table's columns, for rows that may hold these keys."""
+        i, j = self._span(min(keys), max(keys))
+        first, last = self._position(i), self._position(j)
+        if last - first >= 4 * len(wanted) + 1000:  # keys far apart in the table: only their rows
+            sql = f"SELECT {self._select} FROM meta WHERE {KEY_COLUMN} IN (SELECT unnest(?::VARCHAR[]))"
+            with self._lock:
+                if self._by_arrow:
+                    table = self._con.sql(sql, params=[sorted(wanted)]).to_arrow_table()
+                    return [c.to_pylist() for c in table.columns]
+                return [list(c) for c in zip(*self._con.execute(sql, [sorted(wanted)]).fetchall(), strict=True)]
+        with self._lock:
+            window = self._window(i, j)
+        offset, count = first - window.first, last - first + 1
+        if self._by_arrow:
+            return [c.to_pylist() for c in window.data.slice(offset, count).columns]
+        return [c[offset : offset + count] for c in window.data]
 
     def lookup(self, keys: list[str]) -> dict[str, dict[str, Any] | DuplicateRows]:
         """Rows for these keys (absent keys are absent); NULL cells are left out."""
         if not keys or not self.rows:
             return {}
         wanted = set(keys)
-        first, last = self._rows_between(min(keys), max(keys))
-        if last - first < 4 * len(wanted) + 1000:
-            where, params = f"{self._position} BETWEEN ? AND ?", [first, last]
-        else:  # keys far apart in the table: only their rows
-            where, params = f"{KEY_COLUMN} IN (SELECT unnest(?::VARCHAR[]))", [sorted(wanted)]
-        sql = f"SELECT {self._select} FROM meta WHERE {where}"
-        with self._lock:
-            if self._by_arrow:  # a column at a time: no Python tuple per row on the way
-                columns = [c.to_pylist() for c in self._con.sql(sql, params=params).to_arrow_table().columns]
-            else:
-                columns = [list(c) for c in zip(*self._con.execute(sql, params).fetchall(), strict=True)]
+        columns = self._columns(keys, wanted)
         if not columns:
             return {}
         names = self.columns

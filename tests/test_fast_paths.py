@@ -306,7 +306,8 @@ def test_table_lookups_by_row_range_equal_a_plain_dict_of_the_file(
     """`MetadataTable.lookup` (position ranges from a sample of keys - every 64th, or every ~700th -
     by rowid or by an explicit rank; Arrow columns for plain types, rows otherwise) gives what a
     dict built from the file gives: for contiguous, sparse and far-apart batches, unsorted ones,
-    keys beyond both ends, duplicate keys and NULL cells."""
+    keys beyond both ends, duplicate keys and NULL cells, a walk of consecutive batches served from
+    windows read ahead, and more shards walking at once than windows are kept."""
     import random
 
     import pyarrow as pa
@@ -326,12 +327,16 @@ def test_table_lookups_by_row_range_equal_a_plain_dict_of_the_file(
     typed = plain.append_column("day", pa.array([None if i % 11 == 0 else date(2026, 1, 1 + i % 28) for i in range(n)]))
     asks = [keys[100:1100], keys[::5][:1000], keys[:10] + keys[-10:], rng.sample(keys, 700), keys[4000:], keys[:3]]
     asks += [["0-before", *keys[:50], "zzz-after"], ["only-missing"], [keys[0]], [keys[-1]]]
+    walk = [keys[i : i + 90] for i in range(0, len(keys), 90)]  # a listing's batches, served from read-ahead
+    starts = [0, 1000, 2000, 3000, 4000, 4500]  # six shards walking their parts of the table at once
+    asks += walk + [keys[s + i : s + i + 40] for i in range(0, 400, 40) for s in starts]
 
     def comparable(got: dict[str, Any]) -> dict[str, Any]:
         return {k: ("duplicate", v.count) if isinstance(v, DuplicateRows) else v for k, v in got.items()}
 
     with (
         mock.patch.object(tasks.tables, "MAX_SAMPLE", max_sample),
+        mock.patch.object(tasks.tables, "MAX_WINDOW_ROWS", 600),  # windows of a few strides: many of them
         mock.patch.object(MetadataTable, "_stored_in_key_order", return_value=False) if not by_rowid else nullcontext(),
     ):
         for label, table in (("plain", plain), ("typed", typed)):
@@ -346,12 +351,15 @@ def test_table_lookups_by_row_range_equal_a_plain_dict_of_the_file(
             meta = MetadataTable(path, label=label)
             try:
                 assert meta._by_arrow is (label == "plain")
-                assert meta._position == ("rowid" if by_rowid else "__row")
-                got = [comparable(meta.lookup(ask)) for ask in asks]
+                assert meta._order == ("rowid" if by_rowid else "__row")
+                with mock.patch.object(tasks.tables, "_Window", side_effect=tasks.tables._Window) as windows:
+                    got = [comparable(meta.lookup(ask)) for ask in asks]
+                assert windows.call_count < len(asks) - len(walk) // 2  # the walk reads ahead
                 for ask, one in zip(asks, got, strict=True):
                     assert one == {k: expected_all[k] for k in ask if k in expected_all}, label
                 if label == "plain":  # the row-by-row read gives the same as the Arrow one
                     meta._by_arrow = False
+                    meta._windows.clear()
                     assert [comparable(meta.lookup(ask)) for ask in asks] == got
             finally:
                 meta.close()
