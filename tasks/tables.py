@@ -4,7 +4,10 @@ The table is loaded once into an on-disk DuckDB database sorted by key, so a row
 its rank in key order. A batch of listed keys is contiguous in key order, so a sample of every
 `stride`-th key, kept in memory, turns the batch's first and last key into a range of positions:
 one query reads that range (pruned by DuckDB's zone maps), with no count query before it. The
-sample is bounded (`MAX_SAMPLE` keys), whatever the table's size.
+sample is bounded (`MAX_SAMPLE` keys), whatever the table's size. A listing's next batches follow
+in key order, so that query reads ahead: a window of rows reaching several batches beyond, kept
+as Arrow columns, from which those batches are sliced without a query each (a DuckDB query costs
+about 1 ms of fixed CPU, as much as converting the 1,000 rows it returns).
 """
 
 from __future__ import annotations
