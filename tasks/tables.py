@@ -161,11 +161,6 @@ class MetadataTable:
             return 0
         return self._sample_rows[index] if index < len(self._sample_rows) else self.rows - 1
 
-    def _rows_between(self, lo: str, hi: str) -> tuple[int, int]:
-        """Row numbers that hold every row with a key in [lo, hi], from the sample alone."""
-        i, j = self._span(lo, hi)
-        return self._position(i), self._position(j)
-
     def _window(self, i: int, j: int) -> _Window:
         """The cached window holding sample span (i, j), else a new one read from the table that
         reaches READ_AHEAD spans beyond it: the next batches of a listing walk on in key order."""
@@ -177,12 +172,7 @@ class MetadataTable:
         strides = max(1, j - i)
         stop = min(len(self._sample_rows), j + max(0, min(READ_AHEAD * strides, self._max_window_strides - strides)))
         first, last = self._position(i), self._position(stop)
-        sql = f"SELECT {self._select} FROM meta WHERE {self._order} BETWEEN ? AND ?"
-        data: Any
-        if self._by_arrow:  # a column at a time: no Python tuple per row on the way
-            data = self._con.sql(sql, params=[first, last]).to_arrow_table()
-        else:
-            data = [list(c) for c in zip(*self._con.execute(sql, [first, last]).fetchall(), strict=True)]
+        data = self._read(f"{self._order} BETWEEN ? AND ?", [first, last])
         window = _Window(i, stop, first, data)
         self._windows.insert(0, window)
         del self._windows[MAX_WINDOWS:]
@@ -193,18 +183,26 @@ class MetadataTable:
         i, j = self._span(min(keys), max(keys))
         first, last = self._position(i), self._position(j)
         if last - first >= 4 * len(wanted) + 1000:  # keys far apart in the table: only their rows
-            sql = f"SELECT {self._select} FROM meta WHERE {KEY_COLUMN} IN (SELECT unnest(?::VARCHAR[]))"
             with self._lock:
-                if self._by_arrow:
-                    table = self._con.sql(sql, params=[sorted(wanted)]).to_arrow_table()
-                    return [c.to_pylist() for c in table.columns]
-                return [list(c) for c in zip(*self._con.execute(sql, [sorted(wanted)]).fetchall(), strict=True)]
+                data = self._read(f"{KEY_COLUMN} IN (SELECT unnest(?::VARCHAR[]))", [sorted(wanted)])
+            return self._pylists(data, 0, None)
         with self._lock:
             window = self._window(i, j)
-        offset, count = first - window.first, last - first + 1
+        return self._pylists(window.data, first - window.first, last - first + 1)
+
+    def _read(self, where: str, params: list[Any]) -> Any:
+        """The selected rows as an Arrow table (a column at a time: no Python tuple per row on the
+        way) where the types allow, else as a list of columns; the caller holds the lock."""
+        sql = f"SELECT {self._select} FROM meta WHERE {where}"
         if self._by_arrow:
-            return [c.to_pylist() for c in window.data.slice(offset, count).columns]
-        return [c[offset : offset + count] for c in window.data]
+            return self._con.sql(sql, params=params).to_arrow_table()
+        return [list(c) for c in zip(*self._con.execute(sql, params).fetchall(), strict=True)]
+
+    def _pylists(self, data: Any, offset: int, count: int | None) -> list[list[Any]]:
+        """Python lists of `count` rows (all if None) from `offset` on, of what `_read` gave."""
+        if self._by_arrow:
+            return [c.to_pylist() for c in data.slice(offset, count).columns]
+        return [c[offset : None if count is None else offset + count] for c in data]
 
     def lookup(self, keys: list[str]) -> dict[str, dict[str, Any] | DuplicateRows]:
         """Rows for these keys (absent keys are absent); NULL cells are left out."""
