@@ -239,8 +239,8 @@ class _Batch:
                 self._row(w, State.REGISTERED, fingerprint=row.fingerprint, metadata_hash=row.metadata_hash,
                           data_hash=row.data_hash, job_id=row.job_id)  # fmt: skip
                 continue
-            if row is not None and _done(row, fp):
-                if _staged_member(row):
+            if row is not None and row.done_at(fp):
+                if row.staged_member:
                     self.touched.append(url)  # counted when its group is settled after the listing
                     self.report.staged += 1
                     continue
@@ -544,22 +544,13 @@ def fingerprints(ctx: RunContext, entries: Sequence[Entry], cheap: Sequence[Chea
     return ctx.plan.fingerprints(entries, cheap, ctx.plan.digest + ctx.schema.digest)
 
 
-def _done(row: Row, fingerprint: str) -> bool:
-    """Recorded as registered or skipped from exactly these inputs: nothing to do again."""
-    return row.fingerprint == fingerprint and row.state in (State.REGISTERED, State.SKIPPED)
-
-
-def _staged_member(row: Row) -> bool:
-    """A registered member of a grouped item: settled with its group after the listing, not here."""
-    return bool(row.group_key) and row.state == State.REGISTERED
-
-
 def drop_unchanged(ctx: RunContext, number: int, entries: Sequence[Entry]) -> tuple[BatchReport | None, list[Entry]]:
     """Take out what `_Batch.prepare` would skip as unchanged, before a batch task is made for it.
 
     A no-change re-run then costs the listing and one ledger lookup per batch instead of a Prefect
     task per batch. The entries taken out are counted as skipped and marked seen (deletion
-    detection) here; returns their report (None when there are none) and the entries left.
+    detection) by the ledger's writer thread; returns their report (None when there are none) and
+    the entries left.
     """
     if ctx.ledger is None or ctx.uploader is None or not entries:
         return None, list(entries)
@@ -585,6 +576,6 @@ def _drop_unchanged(ctx: RunContext, number: int, entries: Sequence[Entry]) -> t
     if not done:
         return None, list(entries)
     left = list(compress(entries, map(not_, unchanged)))
-    ctx.ledger.record([], seen=done, run_id=ctx.run_id)
+    ctx.ledger.mark_seen(done, ctx.run_id)  # written behind the listing; `drive` flushes it
     report = BatchReport(number=number, listed=len(done), skipped=len(done), skip_reasons={UNCHANGED: len(done)})
     return report, left

@@ -390,6 +390,8 @@ def _drive(
         group_sender = submit_groups or (lambda n, groups: _Done(guarded_group_batch(ctx, n, groups)))
         whole = explicit_batches  # a run that saw only some files completes groups from earlier runs
         dispatch(iter_group_batches(ctx, params.batch_size, whole=whole), group_sender)
+    if ctx.ledger is not None:  # the screen's seen marks are written before anyone asks what was not seen
+        ctx.ledger.flush_seen()
     summary.listed = stats.listed
     summary.skipped += stats.orphans
     if stats.orphans:

@@ -43,6 +43,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from encord_ingest.crashpoints import crash_point
 from encord_ingest.errors import ConfigError, LedgerLockedError
+from integrations.ledger.seen import SeenWriter
 
 DEFAULT_LEDGER = ".encord-ingest/ledger.db"
 
@@ -122,6 +123,9 @@ class State:
     DELETED = "deleted"
 
 
+SETTLED = (State.REGISTERED, State.SKIPPED)  # at an unchanged fingerprint, nothing more to do
+
+
 class Row(NamedTuple):
     """What a batch needs of an object's ledger row (a tuple: thousands are read per batch)."""
 
@@ -136,6 +140,15 @@ class Row(NamedTuple):
     job_id: str
     group_key: str = ""
     kind: str = ""
+
+    def done_at(self, fingerprint: str) -> bool:
+        """Registered or skipped from exactly these inputs (`Ledger.settled` asks the same in SQL)."""
+        return self.fingerprint == fingerprint and self.state in SETTLED
+
+    @property
+    def staged_member(self) -> bool:
+        """A registered member of a grouped item: settled with its group after the listing."""
+        return bool(self.group_key) and self.state == State.REGISTERED
 
 
 def now() -> str:
@@ -233,6 +246,8 @@ class Ledger:
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._write_lock = threading.Lock()
+        self._seen: SeenWriter | None = None
+        self._seen_lock = threading.Lock()
         try:
             self._migrate()
         except SQLAlchemyError as exc:
@@ -291,9 +306,9 @@ class Ledger:
     def settled(self, urls: Sequence[str]) -> set[tuple[str, str]]:
         """(url, fingerprint) of the rows among `urls` that need nothing more at that fingerprint.
 
-        That is: registered or skipped, and not a registered member of a grouped item (those are
-        settled with their group after the listing). A no-change re-run asks this for every listed
-        object, so it reads two columns of the rows that qualify instead of whole `Row`s.
+        That is `Row.done_at` and not `Row.staged_member`, asked in SQL: a no-change re-run asks
+        this for every listed object, so it reads two columns of the rows that qualify instead of
+        whole `Row`s.
         """
         if not urls:
             return set()
@@ -303,15 +318,15 @@ class Ledger:
             found = self._in_url_range(
                 conn,
                 "url, fingerprint",
-                "AND +state IN (?, ?) AND NOT (group_key != '' AND +state = ?)",
-                (State.REGISTERED, State.SKIPPED, State.REGISTERED),
+                f"AND +state IN ({', '.join('?' * len(SETTLED))}) AND NOT (group_key != '' AND +state = ?)",
+                (*SETTLED, State.REGISTERED),
                 urls,
             )
             if found is not None:
                 return set(found)
             q = select(c.url, c.fingerprint).where(
                 c.url.in_(list(urls)),
-                c.state.in_([State.REGISTERED, State.SKIPPED]),
+                c.state.in_(SETTLED),
                 ~and_(c.group_key != "", c.state == State.REGISTERED),
             )
             return set(conn.execute(q).tuples())
@@ -372,6 +387,18 @@ class Ledger:
                     )
                 else:
                     conn.execute(update(objects).where(objects.c.url.in_(chunk)).values(last_seen=run_id))
+
+    def mark_seen(self, urls: Sequence[str], run_id: str) -> None:
+        """`record([], seen=urls, run_id=run_id)` on a writer thread; `flush_seen` waits for it."""
+        with self._seen_lock:
+            if self._seen is None:
+                self._seen = SeenWriter(lambda batch, run: self.record([], seen=batch, run_id=run))
+        self._seen.mark(urls, run_id)
+
+    def flush_seen(self) -> None:
+        """Every `mark_seen` so far is written (or its failure raised here)."""
+        if self._seen is not None:
+            self._seen.flush()
 
     def set_job(self, urls: Sequence[str], job_id: str) -> None:
         """Remember which upload job carries these pending rows (the reconciliation handle)."""
@@ -575,6 +602,8 @@ class Ledger:
             return [dict(r._mapping) for r in conn.execute(q.order_by(c.updated_at.desc()).limit(limit))]
 
     def close(self) -> None:
+        if self._seen is not None:
+            self._seen.close()
         self.engine.dispose()
 
 
@@ -590,6 +619,8 @@ class ScratchLedger(Ledger):
         self._real: Ledger | None = None
         self.dialect = "sqlite"
         self._write_lock = threading.Lock()
+        self._seen = None
+        self._seen_lock = threading.Lock()
 
     def _opened(self) -> Ledger:
         if self._real is None:

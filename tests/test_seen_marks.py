@@ -1,0 +1,133 @@
+"""Seen marks written behind the listing: in order, coalesced, failures surfaced, and complete
+before a run asks what it did not see."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from integrations.ledger.seen import SeenWriter
+
+
+class Recorder:
+    """A write function that can be held back, like a slow disk."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], str]] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.entered = threading.Event()
+
+    def __call__(self, urls: list[str], run_id: str) -> None:
+        self.entered.set()
+        self.release.wait(10)
+        self.calls.append((list(urls), run_id))
+
+
+def test_marks_are_written_in_order_and_what_queues_up_meanwhile_goes_out_as_one_write() -> None:
+    rec = Recorder()
+    writer = SeenWriter(rec)
+    try:
+        rec.release.clear()
+        writer.mark(["a", "b"], "r1")
+        assert rec.entered.wait(5)  # the first write is under way and held
+        for name in ("c", "d", "e"):
+            writer.mark([name], "r1")
+        writer.mark(["x"], "r2")  # another run's marks are never merged into r1's
+        writer.mark(["f"], "r1")
+        rec.release.set()
+        writer.flush()
+        assert rec.calls == [(["a", "b"], "r1"), (["c", "d", "e"], "r1"), (["x"], "r2"), (["f"], "r1")]
+        writer.mark([], "r1")  # nothing to write: no call
+        writer.flush()
+        assert len(rec.calls) == 4
+    finally:
+        writer.close()
+
+
+def test_a_failed_write_is_raised_by_flush_and_by_the_next_mark_and_nothing_after_it_is_written() -> None:
+    calls: list[list[str]] = []
+
+    def write(urls: list[str], run_id: str) -> None:
+        calls.append(urls)
+        if "bad" in urls:
+            raise OSError("disk full")
+
+    writer = SeenWriter(write)
+    try:
+        writer.mark(["bad"], "r1")
+        with pytest.raises(OSError, match="disk full"):
+            writer.flush()
+        with pytest.raises(OSError, match="disk full"):
+            writer.mark(["later"], "r1")
+        assert calls == [["bad"]]
+    finally:
+        writer.close()
+
+
+def test_close_writes_what_was_handed_over() -> None:
+    rec = Recorder()
+    writer = SeenWriter(rec)
+    rec.release.clear()
+    writer.mark(["a"], "r1")
+    writer.mark(["b"], "r1")
+    rec.release.set()
+    writer.close()
+    assert [u for urls, _ in rec.calls for u in urls] == ["a", "b"]
+
+
+def test_a_no_change_run_finds_nothing_deleted_even_when_its_seen_marks_are_slow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`drive` flushes the screen's marks before it returns, so deletion detection right after it
+    sees every listed object; with the marks still on their way it would call them all deleted."""
+    from integrations.ledger import Ledger, State
+    from tasks.batch import drop_unchanged
+    from tasks.listing import ListingStats, iter_batches
+    from tasks.run import IngestParams, RunSummary, detect_deleted, drive, open_context
+
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    for i in range(30):
+        (src / "a" / f"{i:02d}.jpg").write_bytes(b"jpeg")
+    params = IngestParams(
+        source=str(src), ledger=str(tmp_path / "ledger.db"), state_dir=str(tmp_path / "state"), batch_size=10
+    )
+    with open_context(params, run_id="r1", uploader_factory=lambda: object(), use_ledger=True) as ctx:
+        assert ctx.ledger is not None
+        salt = ctx.plan.digest + ctx.schema.digest
+        rows = []
+        for batch in iter_batches(ctx.source, ctx.listing, 10, ListingStats()):
+            cheap = ctx.plan.cheap(batch, ctx.source.relative)
+            for entry, c in zip(batch, cheap, strict=True):
+                key = entry.obj.key
+                url = ctx.source.store.url_for(key)
+                fingerprint = ctx.plan.fingerprint(entry, c, salt)
+                rows.append({"url": url, "source": ctx.source.id, "key": key, "state": State.REGISTERED,
+                             "fingerprint": fingerprint})  # fmt: skip
+        ctx.ledger.record(rows, run_id="r1")
+    assert len(rows) == 30
+
+    record = Ledger.record
+
+    def slow_seen_marks(self: Ledger, rows: Any, *, seen: Any = (), run_id: str = "") -> None:
+        if seen and not rows:
+            time.sleep(0.3)
+        record(self, rows, seen=seen, run_id=run_id)
+
+    monkeypatch.setattr(Ledger, "record", slow_seen_marks)
+
+    def submit(number: int, entries: list[Any]) -> Any:
+        raise AssertionError(f"batch {number}: nothing changed, nothing should be sent")
+
+    with open_context(params, run_id="r2", uploader_factory=lambda: object(), use_ledger=True) as ctx:
+        summary = drive(
+            ctx, params, submit=submit, wait_first=lambda handles: handles[0],
+            screen=lambda number, entries: drop_unchanged(ctx, number, entries),
+        )  # fmt: skip
+        assert (summary.listed, summary.skipped) == (30, 30)
+        assert detect_deleted(ctx, params, RunSummary(run_id="r2")) == []
