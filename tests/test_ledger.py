@@ -47,15 +47,20 @@ def test_rows_round_trip_and_seen_tracking(location: str) -> None:
         ledger.close()
 
 
-def test_lookup_finds_exactly_the_urls_asked_for_whatever_lies_between_them(location: str) -> None:
-    """Batch-sized lookups (a key range on SQLite): rows between the asked URLs are not returned,
-    rows far apart still are, and byte order (non-ASCII, case, punctuation) loses none."""
+@pytest.mark.parametrize("json_rows", [True, False], ids=["json-rows", "cursor-rows"])
+def test_lookup_finds_exactly_the_urls_asked_for_whatever_lies_between_them(location: str, json_rows: bool) -> None:
+    """Batch-sized lookups (a key range on SQLite, read as JSON columns where SQLite has them):
+    rows between the asked URLs are not returned, rows far apart still are, byte order (non-ASCII,
+    case, punctuation) loses none, and every column comes back as it was written."""
     ledger = Ledger(location)
     try:
-        names = [f"img/{i:05d}.jpg" for i in range(3000)] + ["IMG/Z.jpg", "img/\u00e9t\u00e9.jpg", "img-x/a b.jpg"]
+        ledger._json_each = ledger._json_each and json_rows
+        odd = ["IMG/Z.jpg", "img/\u00e9t\u00e9.jpg", "img-x/a b.jpg", 'img/q"uote\\back.jpg', "img/ctl-\x01\n.jpg"]
+        names = [f"img/{i:05d}.jpg" for i in range(3000)] + odd
         urls = [f"s3://b/p/{n}" for n in names]
         for i in range(0, len(urls), 1000):
-            ledger.record([row(u, fingerprint=f"fp-{u}") for u in urls[i : i + 1000]], run_id="r1")
+            chunk = urls[i : i + 1000]
+            ledger.record([row(u, fingerprint=f"fp-{u}", attempts=len(u) % 7, transient=len(u) % 2 < 1) for u in chunk])
         batches = {
             "contiguous": urls[100:1100],
             "every third": urls[0:3000:3][:1000],
@@ -67,16 +72,20 @@ def test_lookup_finds_exactly_the_urls_asked_for_whatever_lies_between_them(loca
             expected = {u for u in asked if u in set(urls)}
             assert set(got) == expected, label
             assert all(got[u].fingerprint == f"fp-{u}" for u in expected), label
+            assert all(got[u].attempts == len(u) % 7 and got[u].transient is (len(u) % 2 < 1) for u in expected), label
+        assert set(ledger.lookup([f"s3://b/p/{n}" for n in odd] + urls[:20])) >= {f"s3://b/p/{n}" for n in odd}
     finally:
         ledger.close()
 
 
-def test_settled_is_what_the_batch_would_skip_from_its_rows(location: str) -> None:
+@pytest.mark.parametrize("json_rows", [True, False], ids=["json-rows", "cursor-rows"])
+def test_settled_is_what_the_batch_would_skip_from_its_rows(location: str, json_rows: bool) -> None:
     """settled() == the (url, fingerprint) of looked-up rows that are registered or skipped and not
     registered group members: for batch-sized asks (a key range on SQLite) with other rows in
     between, for small ones, and for URLs that have no row."""
     ledger = Ledger(location)
     try:
+        ledger._json_each = ledger._json_each and json_rows
         states = [State.REGISTERED, State.SKIPPED, State.PENDING, State.FAILED, State.DELETED]
         rows = []
         for i in range(1500):
