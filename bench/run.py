@@ -65,7 +65,9 @@ NOTES = {
     "ingested them.",
     "rerun_vs_bare": "the flow again over the unchanged bucket (every object skipped through the ledger, in the "
     "flow: no batch task is made) against the fastest bare listing; beside it, what a flow run that does nothing "
-    "takes on the same Prefect server (the part of any re-run no pipeline work can remove).",
+    "takes on the same Prefect server (the part of any re-run no pipeline work can remove: Prefect 3.8 joins its "
+    "heartbeat thread at the end of every flow run, and that thread sleeps in 1 s steps), and both runs as the "
+    "Prefect server times them (Running to Completed, what the UI shows).",
     "rerun_vs_bare_s3_latency": "the no-change re-run and the fastest bare listing, both with 0.1 s per page.",
     "e2e_registered_per_s": "the Prefect flow (`flows.ingest.ingest`) from moto into the Encord emulator, 100k "
     "objects, local Prefect server; all servers share the 2 cores.",
