@@ -98,6 +98,7 @@ class BatchReport:
     observed: Observed = field(default_factory=Observed)
     staged: int = 0
     dicom_bytes: int = 0
+    errored: bool = False  # dead-lettered whole by an unexpected error: its ledger rows may be untouched
 
     def absorb(self, other: BatchReport) -> None:
         """Counts of another part of the same listed batch (see `drop_unchanged`)."""

@@ -119,9 +119,11 @@ class RunSummary:
     skip_reasons: dict[str, int] = field(default_factory=dict)
     observed: Observed = field(default_factory=Observed)
     downstream: dict[str, Any] = field(default_factory=dict)
+    batch_errors: int = 0  # batches dead-lettered whole (see `detect_deleted`)
 
     def add(self, report: BatchReport) -> None:
         self.batches += 1
+        self.batch_errors += report.errored
         self.skipped += report.skipped
         self.submitted += report.submitted
         self.registered += report.registered
@@ -272,7 +274,7 @@ def guarded_batch(ctx: RunContext, number: int, entries: list[Entry]) -> BatchRe
             Rejection(store.url_for(e.obj.key), e.obj.key, "batch", "batch.error", reason, transient=True)
             for e in entries
         )
-        return BatchReport(number=number, listed=len(entries), failed=len(entries))
+        return BatchReport(number=number, listed=len(entries), failed=len(entries), errored=True)
 
 
 def guarded_group_batch(ctx: RunContext, number: int, groups: list[Group]) -> BatchReport:
@@ -288,7 +290,7 @@ def guarded_group_batch(ctx: RunContext, number: int, groups: list[Group]) -> Ba
         ctx.dead_letters.write(
             Rejection(m["url"], m["key"], "batch", "batch.error", reason, transient=True) for m in members
         )
-        return BatchReport(number=number, listed=len(members), failed=len(members))
+        return BatchReport(number=number, listed=len(members), failed=len(members), errored=True)
 
 
 def drive(
@@ -416,10 +418,15 @@ def detect_deleted(ctx: RunContext, params: IngestParams, summary: RunSummary) -
     """After a complete listing: ledger rows this run did not see are gone from the source.
 
     They are marked `deleted` in the ledger, counted in the summary and, with `flag_deleted`,
-    flagged in their Encord item's clientMetadata. Rows outside the current filters are left alone.
+    flagged in their Encord item's clientMetadata. Rows outside the current filters are left alone,
+    and so is everything when a batch failed whole (its objects may not be marked seen).
     Returns a sample of the URLs for the run report.
     """
     if ctx.ledger is None or not params.report_deleted:
+        return []
+    if summary.batch_errors:  # their objects were listed, but may never have been marked seen
+        log.warning("%d batches failed: objects gone from %s are not looked for in this run", summary.batch_errors,
+                    ctx.source.id)  # fmt: skip
         return []
     sample: list[str] = []
     accepts = ctx.listing.key_filter.accepts

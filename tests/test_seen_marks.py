@@ -1,5 +1,5 @@
 """Seen marks written behind the listing: in order, coalesced, failures surfaced, and complete
-before a run asks what it did not see."""
+before a run asks what it did not see; and no object is called deleted because a batch failed."""
 
 from __future__ import annotations
 
@@ -80,15 +80,12 @@ def test_close_writes_what_was_handed_over() -> None:
     assert [u for urls, _ in rec.calls for u in urls] == ["a", "b"]
 
 
-def test_a_no_change_run_finds_nothing_deleted_even_when_its_seen_marks_are_slow(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`drive` flushes the screen's marks before it returns, so deletion detection right after it
-    sees every listed object; with the marks still on their way it would call them all deleted."""
-    from integrations.ledger import Ledger, State
-    from tasks.batch import drop_unchanged
+def registered_bucket(tmp_path: Path, *, fingerprints: bool) -> Any:
+    """30 local files whose ledger rows say registered (by run r1), with their current fingerprints
+    (nothing changed) or with stale ones (every object changed); returns the run's IngestParams."""
+    from integrations.ledger import State
     from tasks.listing import ListingStats, iter_batches
-    from tasks.run import IngestParams, RunSummary, detect_deleted, drive, open_context
+    from tasks.run import IngestParams, open_context
 
     src = tmp_path / "src"
     (src / "a").mkdir(parents=True)
@@ -106,11 +103,24 @@ def test_a_no_change_run_finds_nothing_deleted_even_when_its_seen_marks_are_slow
             for entry, c in zip(batch, cheap, strict=True):
                 key = entry.obj.key
                 url = ctx.source.store.url_for(key)
-                fingerprint = ctx.plan.fingerprint(entry, c, salt)
+                fingerprint = ctx.plan.fingerprint(entry, c, salt) if fingerprints else "stale"
                 rows.append({"url": url, "source": ctx.source.id, "key": key, "state": State.REGISTERED,
                              "fingerprint": fingerprint})  # fmt: skip
         ctx.ledger.record(rows, run_id="r1")
     assert len(rows) == 30
+    return params
+
+
+def test_a_no_change_run_finds_nothing_deleted_even_when_its_seen_marks_are_slow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`drive` flushes the screen's marks before it returns, so deletion detection right after it
+    sees every listed object; with the marks still on their way it would call them all deleted."""
+    from integrations.ledger import Ledger
+    from tasks.batch import drop_unchanged
+    from tasks.run import RunSummary, detect_deleted, drive, open_context
+
+    params = registered_bucket(tmp_path, fingerprints=True)
 
     record = Ledger.record
 
@@ -131,3 +141,34 @@ def test_a_no_change_run_finds_nothing_deleted_even_when_its_seen_marks_are_slow
         )  # fmt: skip
         assert (summary.listed, summary.skipped) == (30, 30)
         assert detect_deleted(ctx, params, RunSummary(run_id="r2")) == []
+
+
+def test_objects_of_a_batch_that_failed_whole_are_not_called_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that dies on an unexpected error is dead-lettered without its ledger rows being
+    touched: the run then does not look for deleted objects, which would name all of them."""
+    import tasks.run
+    from integrations.ledger import State
+    from tasks.batch import drop_unchanged
+    from tasks.run import _Done, detect_deleted, drive, guarded_batch, open_context
+
+    params = registered_bucket(tmp_path, fingerprints=False)  # every object changed: all go to batches
+
+    def broken(ctx: Any, number: int, entries: list[Any]) -> Any:
+        if number == 2:
+            raise RuntimeError("the metadata service fell over")
+        return real(ctx, number, entries)
+
+    real = tasks.run.process_batch
+    monkeypatch.setattr(tasks.run, "process_batch", broken)
+    with open_context(params, run_id="r2", uploader_factory=lambda: None, use_ledger=True) as ctx:
+        assert ctx.ledger is not None
+        summary = drive(
+            ctx, params, submit=lambda number, entries: _Done(guarded_batch(ctx, number, entries)),
+            wait_first=lambda handles: handles[0],
+            screen=lambda number, entries: drop_unchanged(ctx, number, entries),
+        )  # fmt: skip
+        assert (summary.listed, summary.failed, summary.batch_errors) == (30, 10, 1)
+        assert detect_deleted(ctx, params, summary) == []
+        assert State.DELETED not in ctx.ledger.counts_by_state()
