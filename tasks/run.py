@@ -387,13 +387,17 @@ def _drive(
         while in_flight:
             collect(wait_first(in_flight))
 
-    dispatch(batches, submit, screen)
-    if abort is None:  # grouped items: every member is staged once the listing is done
-        group_sender = submit_groups or (lambda n, groups: _Done(guarded_group_batch(ctx, n, groups)))
-        whole = explicit_batches  # a run that saw only some files completes groups from earlier runs
-        dispatch(iter_group_batches(ctx, params.batch_size, whole=whole), group_sender)
-    if ctx.ledger is not None:  # the screen's seen marks are written before anyone asks what was not seen
-        ctx.ledger.flush_seen()
+    finished = False
+    try:
+        dispatch(batches, submit, screen)
+        if abort is None:  # grouped items: every member is staged once the listing is done
+            group_sender = submit_groups or (lambda n, groups: _Done(guarded_group_batch(ctx, n, groups)))
+            whole = explicit_batches  # a run that saw only some files completes groups from earlier runs
+            dispatch(iter_group_batches(ctx, params.batch_size, whole=whole), group_sender)
+        finished = True
+    finally:
+        if ctx.ledger is not None:  # before anyone asks what was not seen, and before the lease goes
+            _flush_seen(ctx.ledger, raise_errors=finished and abort is None)
     summary.listed = stats.listed
     summary.skipped += stats.orphans
     if stats.orphans:
@@ -402,6 +406,17 @@ def _drive(
     if abort is not None:
         raise abort
     return summary
+
+
+def _flush_seen(ledger: Ledger, *, raise_errors: bool) -> None:
+    """Wait for the screen's seen marks; their failure fails a run that went well, and is only
+    logged when the run is failing anyway (its own error is the one to report)."""
+    try:
+        ledger.flush_seen()
+    except Exception as exc:
+        if raise_errors:
+            raise
+        log.warning("seen marks not written: %s: %s", type(exc).__name__, exc)
 
 
 class _Done:

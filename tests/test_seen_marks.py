@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from integrations.ledger import seen
 from integrations.ledger.seen import SeenWriter
 
 
@@ -49,7 +50,7 @@ def test_marks_are_written_in_order_and_what_queues_up_meanwhile_goes_out_as_one
         writer.close()
 
 
-def test_a_failed_write_is_raised_by_flush_and_by_the_next_mark_and_nothing_after_it_is_written() -> None:
+def test_a_write_that_keeps_failing_is_raised_by_flush_and_by_the_next_mark_and_nothing_after_it_is_written() -> None:
     calls: list[list[str]] = []
 
     def write(urls: list[str], run_id: str) -> None:
@@ -57,19 +58,36 @@ def test_a_failed_write_is_raised_by_flush_and_by_the_next_mark_and_nothing_afte
         if "bad" in urls:
             raise OSError("disk full")
 
-    writer = SeenWriter(write)
+    writer = SeenWriter(write, retry_wait=0)
     try:
         writer.mark(["bad"], "r1")
         with pytest.raises(OSError, match="disk full"):
             writer.flush()
         with pytest.raises(OSError, match="disk full"):
             writer.mark(["later"], "r1")
-        assert calls == [["bad"]]
+        assert calls == [["bad"]] * seen.ATTEMPTS, "tried ATTEMPTS times, then nothing more"
     finally:
         writer.close()
 
 
-def test_close_writes_what_was_handed_over() -> None:
+def test_a_write_that_fails_once_is_tried_again() -> None:
+    calls: list[list[str]] = []
+
+    def write(urls: list[str], run_id: str) -> None:
+        calls.append(urls)
+        if len(calls) == 1:
+            raise OSError("database is locked")
+
+    writer = SeenWriter(write, retry_wait=0)
+    try:
+        writer.mark(["a"], "r1")
+        writer.flush()
+        assert calls == [["a"], ["a"]]
+    finally:
+        writer.close()
+
+
+def test_close_writes_what_was_handed_over_and_refuses_marks_after_it() -> None:
     rec = Recorder()
     writer = SeenWriter(rec)
     rec.release.clear()
@@ -78,6 +96,21 @@ def test_close_writes_what_was_handed_over() -> None:
     rec.release.set()
     writer.close()
     assert [u for urls, _ in rec.calls for u in urls] == ["a", "b"]
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.mark(["c"], "r1")
+
+
+def test_close_gives_up_on_a_write_that_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(seen, "CLOSE_WAIT", 0.2)
+    rec = Recorder()
+    writer = SeenWriter(rec)
+    rec.release.clear()  # a write that never returns (a stuck connection)
+    for i in range(seen.MAX_PENDING + 1):  # one under way, the queue full behind it
+        writer.mark([str(i)], "r1")
+    started = time.monotonic()
+    writer.close()
+    assert time.monotonic() - started < 5
+    rec.release.set()
 
 
 def registered_bucket(tmp_path: Path, *, fingerprints: bool) -> Any:
@@ -172,3 +205,44 @@ def test_objects_of_a_batch_that_failed_whole_are_not_called_deleted(
         assert (summary.listed, summary.failed, summary.batch_errors) == (30, 10, 1)
         assert detect_deleted(ctx, params, summary) == []
         assert State.DELETED not in ctx.ledger.counts_by_state()
+
+
+def test_a_failing_run_has_written_its_seen_marks_when_drive_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease is let go right after `drive` raises: a seen mark landing later would be taken for
+    the next run's, and that run would call its objects deleted. So the marks are in already."""
+    import tasks.run
+    from integrations.ledger import Ledger
+    from tasks.batch import drop_unchanged
+    from tasks.run import drive, open_context
+
+    params = registered_bucket(tmp_path, fingerprints=True)
+    record = Ledger.record
+
+    def slow_seen_marks(self: Ledger, rows: Any, *, seen: Any = (), run_id: str = "") -> None:
+        if seen and not rows:
+            time.sleep(0.3)
+        record(self, rows, seen=seen, run_id=run_id)
+
+    monkeypatch.setattr(Ledger, "record", slow_seen_marks)
+    listing = tasks.run.iter_batches
+
+    def listing_that_breaks(*args: Any, **kwargs: Any) -> Any:
+        for number, batch in enumerate(listing(*args, **kwargs), start=1):
+            if number == 3:
+                raise ConnectionError("the bucket went away")
+            yield batch
+
+    monkeypatch.setattr(tasks.run, "iter_batches", listing_that_breaks)
+    with open_context(params, run_id="r2", uploader_factory=lambda: object(), use_ledger=True) as ctx:
+        assert ctx.ledger is not None
+        with pytest.raises(ConnectionError):
+            drive(
+                ctx, params, submit=lambda number, entries: pytest.fail("nothing changed"),
+                wait_first=lambda handles: handles[0],
+                screen=lambda number, entries: drop_unchanged(ctx, number, entries),
+            )  # fmt: skip
+        with ctx.ledger.engine.connect() as conn:
+            marked = conn.exec_driver_sql("SELECT count(*) FROM objects WHERE last_seen = 'r2'").scalar()
+        assert marked == 20, "the two batches screened before the listing broke are marked seen"
