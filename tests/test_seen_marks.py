@@ -144,25 +144,30 @@ def registered_bucket(tmp_path: Path, *, fingerprints: bool) -> Any:
     return params
 
 
+def slow_seen_marks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ledger writes of seen marks alone take 0.3 s each, like a slow disk."""
+    from integrations.ledger import Ledger
+
+    record = Ledger.record
+
+    def slow(self: Ledger, rows: Any, *, seen: Any = (), run_id: str = "") -> None:
+        if seen and not rows:
+            time.sleep(0.3)
+        record(self, rows, seen=seen, run_id=run_id)
+
+    monkeypatch.setattr(Ledger, "record", slow)
+
+
 def test_a_no_change_run_finds_nothing_deleted_even_when_its_seen_marks_are_slow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`drive` flushes the screen's marks before it returns, so deletion detection right after it
     sees every listed object; with the marks still on their way it would call them all deleted."""
-    from integrations.ledger import Ledger
     from tasks.batch import drop_unchanged
     from tasks.run import RunSummary, detect_deleted, drive, open_context
 
     params = registered_bucket(tmp_path, fingerprints=True)
-
-    record = Ledger.record
-
-    def slow_seen_marks(self: Ledger, rows: Any, *, seen: Any = (), run_id: str = "") -> None:
-        if seen and not rows:
-            time.sleep(0.3)
-        record(self, rows, seen=seen, run_id=run_id)
-
-    monkeypatch.setattr(Ledger, "record", slow_seen_marks)
+    slow_seen_marks(monkeypatch)
 
     def submit(number: int, entries: list[Any]) -> Any:
         raise AssertionError(f"batch {number}: nothing changed, nothing should be sent")
@@ -213,19 +218,11 @@ def test_a_failing_run_has_written_its_seen_marks_when_drive_raises(
     """The lease is let go right after `drive` raises: a seen mark landing later would be taken for
     the next run's, and that run would call its objects deleted. So the marks are in already."""
     import tasks.run
-    from integrations.ledger import Ledger
     from tasks.batch import drop_unchanged
     from tasks.run import drive, open_context
 
     params = registered_bucket(tmp_path, fingerprints=True)
-    record = Ledger.record
-
-    def slow_seen_marks(self: Ledger, rows: Any, *, seen: Any = (), run_id: str = "") -> None:
-        if seen and not rows:
-            time.sleep(0.3)
-        record(self, rows, seen=seen, run_id=run_id)
-
-    monkeypatch.setattr(Ledger, "record", slow_seen_marks)
+    slow_seen_marks(monkeypatch)
     listing = tasks.run.iter_batches
 
     def listing_that_breaks(*args: Any, **kwargs: Any) -> Any:
