@@ -259,7 +259,7 @@ def test_a_failing_listing_lets_the_batches_already_sent_finish_first(tmp_path: 
         raise AbortError("S3 unreachable for bucket 'b' mid-listing")
 
     params = IngestParams(source=str(tmp_path), max_in_flight=4)
-    ctx: Any = SimpleNamespace(run_id="r")
+    ctx: Any = SimpleNamespace(run_id="r", ledger=None)
     with ThreadPoolExecutor(2) as pool:
 
         def submit(number: int, entries: list[Any]) -> Future[BatchReport]:
