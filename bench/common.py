@@ -188,10 +188,21 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far (Linux reports KiB)."""
+    """This process's peak resident set size so far, in MiB.
+
+    Linux's `VmHWM`, the high-water mark of this process's own memory. Not `ru_maxrss`: Linux
+    carries that across exec, so a worker started by the bench reported the bench's own peak
+    (a 600 MB parent gave every worker a 631 MB "peak"). Elsewhere `ru_maxrss` is all there is.
+    """
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)  # macOS reports bytes
 
 
 def rss_mb() -> float:

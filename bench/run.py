@@ -60,7 +60,8 @@ NOTES = {
     "(what a real S3 page costs): does the pipeline hide the listing's latency? (default `--fanout 4`)",
     "synthetic_per_core": "the same `manifest` path over a zero-I/O source (bench/synthetic.py, a sidecar beside "
     "every 10th object), objects per CPU-second of the process.",
-    "peak_rss_ratio": "peak RSS (`ru_maxrss`) of two fresh `manifest` processes, 1M vs 100k synthetic objects.",
+    "peak_rss_ratio": "peak RSS (Linux `VmHWM`: the process's own high-water mark; `ru_maxrss` would carry the "
+    "parent's across exec) of two fresh `manifest` processes, 1M vs 100k synthetic objects.",
     "prefect_tasks_per_1k": "task runs of the first flow run, read back from the Prefect API after the server "
     "ingested them.",
     "rerun_vs_bare": "the flow again over the unchanged bucket (every object skipped through the ledger, in the "
