@@ -256,6 +256,7 @@ class Attempt:
     number: int
     run_id: str = ""
     submitted: float = field(default_factory=time.monotonic)
+    unstarted_since: float | None = None  # first seen Running with no ledger run begun (see `_never_started`)
 
 
 @dataclass(slots=True)
@@ -271,6 +272,19 @@ def _lease_expired(ledger: Ledger, source_id: str, run_id: str) -> bool:
         held = conn.execute(leases.select().where(leases.c.source == source_id)).first()
     now = datetime.now(UTC).isoformat(timespec="seconds")
     return held is not None and held.run_id == run_id and held.expires_at < now
+
+
+def _never_started(ledger: Ledger, source_id: str, run_id: str) -> bool:
+    """The attempt has not begun its ledger run (it takes the shard's lease first), and no other run
+    holds a live lease it could be waiting for: seen for long, its process died while starting,
+    before its first heartbeat (the crash automation never hears of it) and before any lease."""
+    with ledger.engine.connect() as conn:
+        begun = conn.execute(runs.select().where(runs.c.run_id == run_id)).first()
+        held = conn.execute(leases.select().where(leases.c.source == source_id)).first()
+    if begun is not None:
+        return False
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    return held is None or held.expires_at < now
 
 
 def _child_summaries(ledger: Ledger, run_ids: list[str]) -> list[dict[str, Any]]:
@@ -381,7 +395,8 @@ def ingest_sharded(
             bounds how many of them run).
         poll_seconds: how often shard runs are checked.
         pending_timeout: seconds a shard run may stay Pending (claimed by a worker that died before the run
-            started: it sends no heartbeat and holds no lease, so only this catches it).
+            started: it sends no heartbeat and holds no lease, so only this catches it), or Running without
+            having begun its ledger run while no earlier attempt holds the lease (killed while starting).
     """
     run_id = str(flow_run.id or "local")
     try:
@@ -464,8 +479,16 @@ def _run_shards(
 
     def stale(attempt: Attempt, state: str) -> str | None:
         why = None
-        if state == "RUNNING" and _lease_expired(ledger, root_id + attempt.shard.scope, attempt.run_id):
+        scope = root_id + attempt.shard.scope
+        if state == "RUNNING" and _lease_expired(ledger, scope, attempt.run_id):
             why = "its ledger lease expired: the process running it is gone"
+        elif state == "RUNNING" and _never_started(ledger, scope, attempt.run_id):
+            now = time.monotonic()
+            attempt.unstarted_since = now if attempt.unstarted_since is None else attempt.unstarted_since
+            if now - attempt.unstarted_since > pending_timeout:
+                why = f"running for more than {pending_timeout:.0f}s without starting: the process running it is gone"
+        elif state == "RUNNING":
+            attempt.unstarted_since = None  # started, or waiting for a live lease of an earlier attempt
         elif state == "PENDING" and time.monotonic() - attempt.submitted > pending_timeout:
             why = f"pending for more than {pending_timeout:.0f}s: the worker that claimed it is gone"
         if why is not None:

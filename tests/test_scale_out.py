@@ -310,6 +310,27 @@ def test_dispatch_treats_a_stale_run_as_crashed() -> None:
     assert seen == ["x1"] and outcome.retried == 1
 
 
+def test_a_running_shard_that_never_began_its_ledger_run_and_waits_for_no_lease_counts_as_not_started(
+    tmp_path: Path,
+) -> None:
+    """What the parent takes, when it lasts, for a shard run killed between Running and its lease."""
+    from flows.shard import _never_started
+
+    ledger = Ledger(str(tmp_path / "ledger.db"))
+    try:
+        scope = "s3://b/data/#prefix:data/s2/"
+        assert _never_started(ledger, scope, "attempt-1"), "no ledger run, no lease anywhere"
+        ledger.acquire(scope, "attempt-0", ttl=120)
+        assert not _never_started(ledger, scope, "attempt-1"), "waiting for an earlier attempt's live lease"
+        ledger.release(scope, "attempt-0")
+        ledger.acquire(scope, "attempt-0", ttl=-1)  # an earlier attempt's lease that ran out
+        assert _never_started(ledger, scope, "attempt-1")
+        ledger.start_run("attempt-1", scope, "folder")
+        assert not _never_started(ledger, scope, "attempt-1"), "it began its ledger run"
+    finally:
+        ledger.close()
+
+
 # -- Encord API limits shared through Prefect ----------------------------------------------------------------
 def test_throttle_is_off_by_default_and_paces_calls_when_the_limit_exists(
     prefect_api: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
@@ -515,7 +536,8 @@ def test_sharded_ingest_survives_a_killed_worker(scale_stack: ScaleStack, postgr
     killed = next(r for r in children if r["id"] == killed_run)
     assert killed["state_type"] == "CRASHED", killed["state"]
     assert any(w in killed["state"]["message"] for w in ("heartbeat", "lease expired")), killed["state"]["message"]
-    reasons = ("heartbeat", "lease expired", "pending for more than")  # the last: claimed, never started
+    # the last two: claimed and never started; started and killed before its first heartbeat and its lease
+    reasons = ("heartbeat", "lease expired", "pending for more than", "without starting")
     for run in children:  # every run the dead worker held was detected, none failed on its own
         assert run["state_type"] in ("COMPLETED", "CRASHED"), run["state"]
         if run["state_type"] == "CRASHED":
