@@ -256,7 +256,7 @@ class Attempt:
     number: int
     run_id: str = ""
     submitted: float = field(default_factory=time.monotonic)
-    unstarted_since: float | None = None  # first seen Running with no ledger run begun (see `_never_started`)
+    unstarted_since: float | None = None  # first seen Running and "not started" (see `_running_shard`)
 
 
 @dataclass(slots=True)
@@ -266,25 +266,22 @@ class Outcome:
     retried: int = 0
 
 
-def _lease_expired(ledger: Ledger, source_id: str, run_id: str) -> bool:
-    """The attempt's ledger lease ran out: its process stopped renewing it (killed with its worker)."""
+def _running_shard(ledger: Ledger, source_id: str, run_id: str) -> str:
+    """What the ledger says of a shard attempt its Prefect run calls Running, from one read of its
+    lease and its ledger run: "lease expired" (its process stopped renewing it: killed with its
+    worker), "not started" (no ledger run begun - it takes the lease first - and no other run holds
+    a live lease it could be waiting for: if that lasts, its process died while starting, before
+    its first heartbeat, so the crash automation never hears of it), or "alive"."""
     with ledger.engine.connect() as conn:
         held = conn.execute(leases.select().where(leases.c.source == source_id)).first()
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    return held is not None and held.run_id == run_id and held.expires_at < now
-
-
-def _never_started(ledger: Ledger, source_id: str, run_id: str) -> bool:
-    """The attempt has not begun its ledger run (it takes the shard's lease first), and no other run
-    holds a live lease it could be waiting for: seen for long, its process died while starting,
-    before its first heartbeat (the crash automation never hears of it) and before any lease."""
-    with ledger.engine.connect() as conn:
         begun = conn.execute(runs.select().where(runs.c.run_id == run_id)).first()
-        held = conn.execute(leases.select().where(leases.c.source == source_id)).first()
-    if begun is not None:
-        return False
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    return held is None or held.expires_at < now
+    expired = held is not None and held.expires_at < now
+    if held is not None and held.run_id == run_id:
+        return "lease expired" if expired else "alive"
+    if begun is None and (held is None or expired):
+        return "not started"
+    return "alive"
 
 
 def _child_summaries(ledger: Ledger, run_ids: list[str]) -> list[dict[str, Any]]:
@@ -479,16 +476,17 @@ def _run_shards(
 
     def stale(attempt: Attempt, state: str) -> str | None:
         why = None
-        scope = root_id + attempt.shard.scope
-        if state == "RUNNING" and _lease_expired(ledger, scope, attempt.run_id):
-            why = "its ledger lease expired: the process running it is gone"
-        elif state == "RUNNING" and _never_started(ledger, scope, attempt.run_id):
+        if state == "RUNNING":
+            health = _running_shard(ledger, root_id + attempt.shard.scope, attempt.run_id)
             now = time.monotonic()
-            attempt.unstarted_since = now if attempt.unstarted_since is None else attempt.unstarted_since
-            if now - attempt.unstarted_since > pending_timeout:
+            if health != "not started":  # started, or waiting for a live lease of an earlier attempt
+                attempt.unstarted_since = None
+            elif attempt.unstarted_since is None:
+                attempt.unstarted_since = now
+            if health == "lease expired":
+                why = "its ledger lease expired: the process running it is gone"
+            elif attempt.unstarted_since is not None and now - attempt.unstarted_since > pending_timeout:
                 why = f"running for more than {pending_timeout:.0f}s without starting: the process running it is gone"
-        elif state == "RUNNING":
-            attempt.unstarted_since = None  # started, or waiting for a live lease of an earlier attempt
         elif state == "PENDING" and time.monotonic() - attempt.submitted > pending_timeout:
             why = f"pending for more than {pending_timeout:.0f}s: the worker that claimed it is gone"
         if why is not None:

@@ -314,19 +314,20 @@ def test_a_running_shard_that_never_began_its_ledger_run_and_waits_for_no_lease_
     tmp_path: Path,
 ) -> None:
     """What the parent takes, when it lasts, for a shard run killed between Running and its lease."""
-    from flows.shard import _never_started
+    from flows.shard import _running_shard
 
     ledger = Ledger(str(tmp_path / "ledger.db"))
     try:
         scope = "s3://b/data/#prefix:data/s2/"
-        assert _never_started(ledger, scope, "attempt-1"), "no ledger run, no lease anywhere"
+        assert _running_shard(ledger, scope, "attempt-1") == "not started", "no ledger run, no lease anywhere"
         ledger.acquire(scope, "attempt-0", ttl=120)
-        assert not _never_started(ledger, scope, "attempt-1"), "waiting for an earlier attempt's live lease"
+        assert _running_shard(ledger, scope, "attempt-1") == "alive", "waiting for an earlier attempt's live lease"
         ledger.release(scope, "attempt-0")
         ledger.acquire(scope, "attempt-0", ttl=-1)  # an earlier attempt's lease that ran out
-        assert _never_started(ledger, scope, "attempt-1")
+        assert _running_shard(ledger, scope, "attempt-1") == "not started"
+        assert _running_shard(ledger, scope, "attempt-0") == "lease expired", "its own lease ran out"
         ledger.start_run("attempt-1", scope, "folder")
-        assert not _never_started(ledger, scope, "attempt-1"), "it began its ledger run"
+        assert _running_shard(ledger, scope, "attempt-1") == "alive", "it began its ledger run"
     finally:
         ledger.close()
 

@@ -588,9 +588,9 @@ class Ledger:
         finally:
             stop.set()
             thread.join(timeout=5)
-            if self._seen is not None:  # no seen mark of this run may land once another run holds the source
-                with suppress(Exception):  # a failed mark was the run's to report
-                    self._seen.flush()
+            # no seen mark may land once another run holds the source (a failed one was the run's to report)
+            with suppress(Exception):
+                self.flush_seen()
             self.release(source, run_id)
 
     # -- reporting --------------------------------------------------------------------------
