@@ -40,6 +40,7 @@ class Sizes:
     naive_objects: int
     naive_seconds: float
     sidecar_every: int = 10
+    cloud_objects: int = 3_000  # per emulator (Azurite and fake-gcs-server take ~400 uploads/s)
 
 
 FULL = Sizes(
@@ -57,6 +58,7 @@ QUICK = Sizes(
     table_rows=100_000,
     naive_objects=100,
     naive_seconds=8.0,
+    cloud_objects=500,
 )
 
 

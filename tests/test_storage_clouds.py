@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from encord_ingest.errors import ConfigError, CredentialsError, SourceNotFoundError
+from encord_ingest.models import ObjectRef
 from integrations.encord.emulator.objects import check_objects
 from integrations.servers import AZURITE_ACCOUNT, AZURITE_KEY, azure_connection_string
 from integrations.storage import ObjectStore, open_source
@@ -192,6 +193,71 @@ def test_azure_head_merges_blob_index_tags_over_metadata(azure_cloud: Cloud) -> 
     assert info.metadata == {"site": "north", "camera": "cam-A", "both": "from-tags"}
     assert store.head("m/2.jpg").metadata == {"only": "metadata"}
     assert store.head("m/3.jpg").metadata == {"only": "tags"}
+
+
+def test_gcs_listing_reads_the_same_objects_as_the_sdk_s_blobs(gcs_cloud: Cloud) -> None:
+    """ObjectRefs from the listing's JSON (integrations/storage/gcs.py `_item_ref`) against the SDK's Blobs."""
+    from integrations.storage import gcs as gcs_store
+
+    writer = gcs_cloud.writer
+    assert isinstance(writer, GCSWriter)
+    names = ["with space.jpg", "ünïcode/ß.png", "q?mark#hash+plus.jpg", "a%20b.jpg", "amp&lt;<>'\".jpg", "tab\tx.jpg"]
+    names += [f"many/{i:03d}.jpg" for i in range(12)]
+    for i, name in enumerate(names):
+        writer.put_object(name, b"x" * i)
+    writer.put_object("many/000.jpg", b"again")  # a second generation of one object
+    stock = [
+        gcs_store._ref(b) for page in writer.bucket.client.list_blobs(writer.name, page_size=5).pages for b in page
+    ]
+    lean = [r for page in gcs_cloud.store().list_pages("", page_size=5) for r in page]
+    assert lean == stock and sorted(r.key for r in lean) == sorted(names)
+    assert all(r.content_id == f"gen:{r.version}" and r.last_modified.endswith("+00:00") for r in lean)
+
+
+def test_lean_azure_listing_reads_the_same_blobs_as_the_sdk(
+    azure_cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The raw List Blobs reader (integrations/storage/azure_pages.py) against the SDK's own models."""
+    from integrations.storage import azure as azure_store
+    from integrations.storage.azure import AzureStore
+
+    writer = azure_cloud.writer
+    assert isinstance(writer, AzureWriter)
+    names = ["with space.jpg", "ünïcode/ß.png", "q?mark#hash+plus.jpg", "a%20b.jpg", "amp&lt;<>'\".jpg", "tab\tx.jpg"]
+    names += [f"many/{i:03d}.jpg" for i in range(25)]
+    for i, name in enumerate(names):
+        writer.put_object(name, b"x" * (i + 1), tags={"n": str(i), "odd key": "v + x/y:z=_"} if i % 4 == 0 else None)
+    store = azure_cloud.store()
+    assert isinstance(store, AzureStore) and store.raw is not None, "the lean reader is installed"
+
+    def stock(tags: bool) -> list[ObjectRef]:
+        pages = writer.container.list_blobs(results_per_page=7, include=["tags"] if tags else None).by_page()
+        return [azure_store._ref(b) for page in pages for b in page]
+
+    for tags in (False, True):
+        store.list_tags = tags
+        lean = [r for page in store.list_pages("", page_size=7) for r in page]
+        assert lean == stock(tags) and sorted(r.key for r in lean) == sorted(names)
+        assert all(r.content_id.startswith("md5:") for r in lean)
+        assert [bool(r.tags) for r in lean] == [tags and r.key in names[::4] for r in lean]
+    assert store.raw.lean == 10 and store.raw.declined == 0, "5 pages each time, none through the SDK"
+
+    # a lean page that fails hands the listing to the SDK, which finishes it from that marker
+    sent = store.raw.generated._send_request
+    calls: list[str] = []
+
+    def flaky(request: Any, **kwargs: Any) -> Any:
+        calls.append(request.url)
+        if len(calls) == 3:
+            raise ConnectionResetError("reset by peer")
+        return sent(request, **kwargs)
+
+    monkeypatch.setattr(store.raw.generated, "_send_request", flaky)
+    store.list_tags = False
+    again = [r for page in store.list_pages("", page_size=7) for r in page]
+    assert again == stock(False)
+    assert store.raw.declined == 1 and len(calls) == 3 and "marker=" in calls[2]
+    assert [r.key for page in store.list_pages("many/", page_size=10) for r in page] == names[6:]
 
 
 KEY = "sp ace/ü#?.jpg"

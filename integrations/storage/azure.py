@@ -20,6 +20,7 @@ from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpRes
 
 from encord_ingest.errors import AbortError, ConfigError, CredentialsError, SourceNotFoundError
 from encord_ingest.models import ObjectRef
+from integrations.storage import azure_pages
 from integrations.storage.base import ObjectInfo
 
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
@@ -128,6 +129,7 @@ class AzureStore:
         # Index tags in the listing, so a tag edit (which changes neither ETag nor time) is seen. Only
         # when they are a metadata source (`object`): reading them needs the SAS's "t" permission.
         self.list_tags = False
+        self.raw = azure_pages.raw_pages(self.container, _tags_digest)
 
     def _include(self) -> list[str] | None:
         return ["tags"] if self.list_tags else None
@@ -155,12 +157,22 @@ class AzureStore:
         return exc
 
     def list_pages(self, prefix: str, *, page_size: int = 1000) -> Iterator[list[ObjectRef]]:
-        pages = self.container.list_blobs(
-            name_starts_with=prefix or None, results_per_page=page_size, include=self._include()
-        ).by_page()
+        """Lean pages (`azure_pages`) while they come back plain, then the SDK from that marker."""
+        marker: str | None = None
+        include = self._include()
+        while self.raw is not None:
+            page = self.raw.page(prefix, marker, page_size, include)
+            if page is None:
+                break
+            refs, marker = page
+            if refs:
+                yield refs
+            if not marker:
+                return
+        pages = self.container.list_blobs(name_starts_with=prefix or None, results_per_page=page_size, include=include)
         try:
-            for page in pages:
-                refs = [_ref(b) for b in page]
+            for sdk_page in pages.by_page(continuation_token=marker):
+                refs = [_ref(b) for b in sdk_page]
                 if refs:
                     yield refs
         except AzureError as exc:

@@ -19,6 +19,7 @@ from typing import Any
 from botocore.compat import unquote_str
 
 from encord_ingest.models import ObjectRef
+from integrations.storage.xml_text import xml_text
 
 RESULT_KEY = "FastContents"
 
@@ -34,22 +35,6 @@ _ORDERED = re.compile(
 _CLOSE = "</Contents>"
 _FIELD = re.compile(r"<(Key|LastModified|ETag|Size)>(.*?)</\1>", re.S)
 _URL_ENCODED = re.compile(r"<EncodingType>\s*url\s*</EncodingType>")
-
-
-_ENTITY = re.compile(r"&(#[xX][0-9a-fA-F]+|#[0-9]+|amp|lt|gt|quot|apos);")
-_NAMED = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
-
-
-def _entity(m: re.Match[str]) -> str:
-    ref = m.group(1)
-    if ref[0] != "#":
-        return _NAMED[ref]
-    return chr(int(ref[2:], 16) if ref[1] in "xX" else int(ref[1:]))
-
-
-def xml_text(value: str) -> str:
-    """XML character data: the five entities and numeric references (HTML's rules differ)."""
-    return _ENTITY.sub(_entity, value) if "&" in value else value
 
 
 _text = xml_text

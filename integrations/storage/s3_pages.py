@@ -22,6 +22,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.utils import percent_encode_sequence
 
 from integrations.storage import s3_contents
+from integrations.storage.xml_text import xml_text
 
 OPERATION = "ListObjectsV2"
 _TRUNCATED = re.compile(r"<IsTruncated>\s*(true|false)\s*</IsTruncated>")
@@ -91,7 +92,7 @@ class RawPages:
         page: dict[str, Any] = {s3_contents.RESULT_KEY: refs, "IsTruncated": truncated.group(1) == "true"}
         token_match = _TOKEN.search(rest)
         if token_match is not None:
-            page["NextContinuationToken"] = s3_contents.xml_text(token_match.group(1))
+            page["NextContinuationToken"] = xml_text(token_match.group(1))
         self.lean += 1
         return page
 

@@ -1,0 +1,20 @@
+"""XML character data as the lean listing readers (S3, Azure) take it out of a page with regexes."""
+
+from __future__ import annotations
+
+import re
+
+_ENTITY = re.compile(r"&(#[xX][0-9a-fA-F]+|#[0-9]+|amp|lt|gt|quot|apos);")
+_NAMED = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
+
+
+def _entity(m: re.Match[str]) -> str:
+    ref = m.group(1)
+    if ref[0] != "#":
+        return _NAMED[ref]
+    return chr(int(ref[2:], 16) if ref[1] in "xX" else int(ref[1:]))
+
+
+def xml_text(value: str) -> str:
+    """XML character data: the five entities and numeric references (HTML's rules differ)."""
+    return _ENTITY.sub(_entity, value) if "&" in value else value
