@@ -311,6 +311,7 @@ def test_azure_sas_connection_string_lists_and_never_leaks_the_signature(
     store = open_source(writer.source()).store
     store.check_access("")
     assert [r.key for p in store.list_pages("") for r in p] == ["a.jpg"]
+    assert (store.raw.lean, store.raw.declined) == (1, 0), "the raw listing pages are signed by the SAS too"
     assert store.read_bytes("a.jpg") == b"a"
     assert store.url_for("a.jpg") == f"{azurite.url}/{AZURITE_ACCOUNT}/{writer.name}/a.jpg"
 
