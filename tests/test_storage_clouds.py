@@ -211,6 +211,10 @@ def test_gcs_listing_reads_the_same_objects_as_the_sdk_s_blobs(gcs_cloud: Cloud)
     ]
     lean = [r for page in gcs_cloud.store().list_pages("", page_size=5) for r in page]
     assert lean == stock and sorted(r.key for r in lean) == sorted(names)
+    sdk_pages = writer.bucket.client.list_blobs(writer.name, delimiter="/").pages
+    sdk_level = [(list(page.prefixes), [gcs_store._ref(b) for b in page]) for page in sdk_pages]
+    assert list(gcs_cloud.store().list_level("")) == sdk_level
+    assert sdk_level[0][0] == ["many/", "ünïcode/"] and len(sdk_level[0][1]) == len(names) - 13
     assert all(r.content_id == f"gen:{r.version}" and r.last_modified.endswith("+00:00") for r in lean)
 
 
@@ -218,6 +222,8 @@ def test_lean_azure_listing_reads_the_same_blobs_as_the_sdk(
     azure_cloud: Cloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The raw List Blobs reader (integrations/storage/azure_pages.py) against the SDK's own models."""
+    from azure.storage.blob import BlobPrefix
+
     from integrations.storage import azure as azure_store
     from integrations.storage.azure import AzureStore
 
@@ -241,6 +247,17 @@ def test_lean_azure_listing_reads_the_same_blobs_as_the_sdk(
         assert all(r.content_id.startswith("md5:") for r in lean)
         assert [bool(r.tags) for r in lean] == [tags and r.key in names[::4] for r in lean]
     assert store.raw.lean == 10 and store.raw.declined == 0, "5 pages each time, none through the SDK"
+    sdk_prefixes: list[str] = []
+    sdk_objects: list[ObjectRef] = []
+    for item in writer.container.walk_blobs(delimiter="/", include=["tags"]):  # one level, as list_level
+        if isinstance(item, BlobPrefix):
+            sdk_prefixes.append(item.name)
+        else:
+            sdk_objects.append(azure_store._ref(item))
+    level = list(store.list_level(""))
+    assert [p for ps, _ in level for p in ps] == sdk_prefixes == ["many/", "ünïcode/"]
+    assert [r for _, rs in level for r in rs] == sdk_objects and len(sdk_objects) == len(names) - 26
+    assert store.raw.lean == 11 and store.raw.declined == 0, "the level came as one lean page"
 
     # a lean page that fails hands the listing to the SDK, which finishes it from that marker
     sent = store.raw.generated._send_request

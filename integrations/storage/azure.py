@@ -164,9 +164,9 @@ class AzureStore:
             page = self.raw.page(prefix, marker, page_size, include)
             if page is None:
                 break
-            refs, marker = page
-            if refs:
-                yield refs
+            marker = page.marker
+            if page.refs:
+                yield page.refs
             if not marker:
                 return
         pages = self.container.list_blobs(name_starts_with=prefix or None, results_per_page=page_size, include=include)
@@ -179,15 +179,25 @@ class AzureStore:
             raise self._translate(exc, None) from None
 
     def list_level(self, prefix: str) -> Iterator[tuple[list[str], list[ObjectRef]]]:
+        """One level below `prefix` (a flat container is listed whole here): lean pages, then the SDK."""
         from azure.storage.blob import BlobPrefix
 
-        pages = self.container.walk_blobs(name_starts_with=prefix or None, delimiter="/", include=self._include())
-        pages = pages.by_page()
+        marker: str | None = None
+        include = self._include()
+        while self.raw is not None:
+            page = self.raw.page(prefix, marker, None, include, delimiter="/")
+            if page is None:
+                break
+            marker = page.marker
+            yield page.prefixes, page.refs
+            if not marker:
+                return
+        pages = self.container.walk_blobs(name_starts_with=prefix or None, delimiter="/", include=include)
         try:
-            for page in pages:
+            for sdk_page in pages.by_page(continuation_token=marker):
                 prefixes: list[str] = []
                 objects: list[ObjectRef] = []
-                for item in page:
+                for item in sdk_page:
                     if isinstance(item, BlobPrefix):
                         prefixes.append(item.name)
                     else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from encord_ingest.models import ObjectRef
 from integrations.storage.xml_text import xml_text
@@ -25,6 +25,7 @@ _BLOB = re.compile(r"<Blob>(.*?)</Blob>", re.S)
 # `<Name Encoded="true">` (a name with characters XML cannot carry) does not match: the SDK decodes it
 _FIELD = re.compile(r"<(Name|VersionId|Last-Modified|Etag|Content-Length|Content-MD5)>([^<]*)</\1>")
 _TAG = re.compile(r"<Tag><Key>([^<]*)</Key><Value(?:\s*/>|>([^<]*)</Value>)</Tag>")
+_PREFIX = re.compile(r"<BlobPrefix><Name>([^<]*)</Name></BlobPrefix>")
 _NEXT = re.compile(r"<NextMarker>([^<]*)</NextMarker>|<NextMarker\s*/>")
 _RFC1123 = re.compile(r"[A-Z][a-z]{2}, (\d{2}) ([A-Z][a-z]{2}) (\d{4}) (\d{2}:\d{2}:\d{2}) GMT")
 _MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -52,10 +53,19 @@ def _content_id(md5: str) -> str:
     return f"md5:{base64.b64encode(base64.b64decode(md5, validate=True)).decode()}" if md5 else ""
 
 
-def parse_page(body: str, tags_digest: TagsDigest) -> tuple[list[ObjectRef], str]:
-    """The blobs of one flat listing page, in order, and its NextMarker ('' on the last page)."""
-    if "<EnumerationResults" not in body or "<BlobPrefix>" in body:
-        raise Unreadable("not a flat List Blobs page")
+class Page(NamedTuple):
+    refs: list[ObjectRef]
+    marker: str  # '' on the last page
+    prefixes: list[str]  # BlobPrefix names (a listing with a delimiter)
+
+
+def parse_page(body: str, tags_digest: TagsDigest, *, delimited: bool = False) -> Page:
+    """The blobs (and, with a delimiter, the prefixes) of one List Blobs page, in order."""
+    if "<EnumerationResults" not in body:
+        raise Unreadable("not a List Blobs page")
+    prefixes = [xml_text(name) for name in _PREFIX.findall(body)]
+    if len(prefixes) != body.count("<BlobPrefix>") or (prefixes and not delimited):
+        raise Unreadable("unexpected <BlobPrefix> elements")
     times: dict[str, str] = {}  # a page's blobs often share a modification second
     refs: list[ObjectRef] = []
     blocks = _BLOB.findall(body)
@@ -87,39 +97,39 @@ def parse_page(body: str, tags_digest: TagsDigest) -> tuple[list[ObjectRef], str
                 tags=tags,
             )
         )
-    marker = _NEXT.search(body[body.rfind("</Blobs>") :] if blocks else body)
+    marker = _NEXT.search(body[body.rfind("</Blobs>") :] if blocks or prefixes else body)
     if marker is None:
         raise Unreadable("no NextMarker element")
-    return refs, xml_text(marker.group(1) or "")
+    return Page(refs, xml_text(marker.group(1) or ""), prefixes)
 
 
 class RawPages:
     """Flat listing pages of one container client, read here while they come back plain."""
 
     def __init__(self, container: Any, tags_digest: TagsDigest) -> None:
-        from azure.storage.blob._generated.operations._container_operations import (
-            build_list_blob_flat_segment_request,
-        )
+        from azure.storage.blob._generated.operations import _container_operations as operations
 
         self.generated = container._client  # the SDK's generated client, over the container's pipeline
-        self.build = build_list_blob_flat_segment_request
+        self.flat = operations.build_list_blob_flat_segment_request
+        self.hierarchy = operations.build_list_blob_hierarchy_segment_request
         self.tags_digest = tags_digest
         self.lean = 0  # pages read here
         self.declined = 0  # pages handed to the SDK
 
     def page(
-        self, prefix: str, marker: str | None, page_size: int, include: list[str] | None
-    ) -> tuple[list[ObjectRef], str] | None:
-        """(the blobs, the next marker) of the page at `marker`, or None: go on through the SDK."""
+        self,
+        prefix: str,
+        marker: str | None,
+        page_size: int | None,
+        include: list[str] | None,
+        delimiter: str | None = None,
+    ) -> Page | None:
+        """The page at `marker` (flat, or one level below `prefix` with a delimiter), or None: go
+        on through the SDK from that marker."""
         config = self.generated._config
-        request = self.build(
-            url=config.url,
-            version=config.version,
-            prefix=prefix or None,
-            marker=marker or None,
-            maxresults=page_size,
-            include=include,
-        )
+        args: dict[str, Any] = {"url": config.url, "version": config.version, "prefix": prefix or None}
+        args.update(marker=marker or None, maxresults=page_size, include=include)
+        request = self.flat(**args) if delimiter is None else self.hierarchy(delimiter=delimiter, **args)
         try:
             # streamed: azure-core would otherwise parse every XML body into an ElementTree first
             response = self.generated._send_request(request, stream=True)
@@ -129,7 +139,7 @@ class RawPages:
                 body = response.read()
             finally:
                 response.close()
-            parsed = parse_page(body.decode("utf-8-sig"), self.tags_digest)
+            parsed = parse_page(body.decode("utf-8-sig"), self.tags_digest, delimited=delimiter is not None)
         except Exception:  # transport faults, odd pages: the SDK's retries and errors decide
             return self._decline()
         self.lean += 1
