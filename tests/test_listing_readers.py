@@ -6,11 +6,14 @@ from __future__ import annotations
 import base64
 import email.utils
 import hashlib
+import xml.etree.ElementTree as ET
 
 import pytest
 
 from integrations.storage.azure_pages import Unreadable, iso_time, parse_page
 from integrations.storage.gcs import updated_iso
+from integrations.storage.s3_contents import parse_contents
+from integrations.storage.xml_text import xml_text
 
 MD5 = base64.b64encode(hashlib.md5(b"x").digest()).decode()
 
@@ -80,6 +83,9 @@ def test_a_level_of_a_delimited_listing_has_prefixes_and_blobs() -> None:
     "stamp", ["Thu, 03 Dec 2026 16:29:14 GMT", "Sun, 01 Feb 2026 00:00:09 GMT", "Wed, 29 Feb 2028 23:59:59 GMT"]
 )
 def test_times_read_as_the_sdk_s_datetimes_print(stamp: str) -> None:
+    from azure.storage.blob._generated._utils.serialization import Deserializer  # the SDK's own reading
+
+    assert iso_time(stamp) == Deserializer.deserialize_rfc(stamp).isoformat()
     assert iso_time(stamp) == email.utils.parsedate_to_datetime(stamp).isoformat()
 
 
@@ -128,3 +134,32 @@ def test_gcs_times_the_sdk_refuses_are_refused() -> None:
     with pytest.raises(ValueError):
         updated_iso("03/12/2026 16:29")
     assert updated_iso(None) == ""
+
+
+@pytest.mark.parametrize(
+    "raw", ["plain", "a &amp; b &lt;c&gt; &quot;&apos;", "cr\rlf\r\nlf\n", "&#13;&#x0D;&#10;\r", "\u00fc&#252;&#xFC;"]
+)
+def test_xml_text_is_what_an_xml_parser_makes_of_the_same_characters(raw: str) -> None:
+    """botocore and the Azure SDK read pages with ElementTree: raw line ends become \\n, `&#13;` stays."""
+    assert xml_text(raw) == ET.fromstring(f"<v>{raw}</v>").text
+
+
+def test_keys_with_raw_line_ends_read_as_an_xml_parser_reads_them() -> None:
+    s3_page = "<ListBucketResult>{}<IsTruncated>false</IsTruncated></ListBucketResult>".format(
+        "".join(
+            f"<Contents><Key>{k}</Key><LastModified>2026-12-03T16:29:14.000Z</LastModified><ETag>&quot;e&quot;</ETag>"
+            f"<Size>1</Size></Contents>"
+            for k in ("a\rb.jpg", "c\r\nd.jpg", "e.jpg")
+        )
+    )
+    assert [r.key for r in parse_contents(s3_page)[0]] == ["a\nb.jpg", "c\nd.jpg", "e.jpg"]
+    refs = parse_page(_page(_blob("x\ry.jpg"), _blob("z.jpg")), digest).refs
+    assert [r.key for r in refs] == ["x\ny.jpg", "z.jpg"]
+
+
+def test_a_tag_in_an_unexpected_form_sends_the_page_to_the_sdk() -> None:
+    tags = (
+        "<Tags><TagSet><Tag><Key>k</Key><Value>v</Value></Tag><Tag><Key>j</Key> <Value>w</Value></Tag></TagSet></Tags>"
+    )
+    with pytest.raises(Unreadable):
+        parse_page(_page(_blob().replace("</Properties>", f"</Properties>{tags}")), digest)

@@ -277,6 +277,55 @@ def test_lean_azure_listing_reads_the_same_blobs_as_the_sdk(
     assert [r.key for page in store.list_pages("many/", page_size=10) for r in page] == names[6:]
 
 
+class _Unavailable:
+    """What azure-core hands back when a 503 outlasted its retries (a streamed response)."""
+
+    status_code = 503
+    reason = "Service Unavailable"
+    headers: dict[str, str] = {}
+
+    def read(self) -> bytes:
+        return b"<Error><Code>ServerBusy</Code></Error>"
+
+    def text(self) -> str:
+        return self.read().decode()
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("failure", ["503", "unreachable"])
+def test_a_lean_azure_page_that_fails_after_the_pipeline_s_retries_is_not_retried_again(
+    azure_cloud: Cloud, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """The pipeline has retried it already: the error is the store's AbortError at once, the SDK
+    is not asked to start over (which would double the wait before a dead endpoint is reported)."""
+    from azure.core.exceptions import ServiceRequestError
+
+    from encord_ingest.errors import AbortError
+
+    azure_cloud.writer.put_object("a.jpg", b"a")
+    store = azure_cloud.store()
+    assert store.raw is not None
+
+    def failing(request: Any, **kwargs: Any) -> Any:
+        if failure == "unreachable":
+            raise ServiceRequestError("connection refused")
+        return _Unavailable()
+
+    def no_sdk(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the SDK was asked to list again")
+
+    monkeypatch.setattr(store.raw.generated, "_send_request", failing)
+    monkeypatch.setattr(store.container, "list_blobs", no_sdk)
+    monkeypatch.setattr(store.container, "walk_blobs", no_sdk)
+    with pytest.raises(AbortError) as raised:
+        list(store.list_pages(""))
+    assert ("503" in str(raised.value)) == (failure == "503") and "sig=" not in str(raised.value)
+    with pytest.raises(AbortError):
+        list(store.list_level(""))
+
+
 KEY = "sp ace/ü#?.jpg"
 
 

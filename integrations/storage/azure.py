@@ -160,17 +160,19 @@ class AzureStore:
         """Lean pages (`azure_pages`) while they come back plain, then the SDK from that marker."""
         marker: str | None = None
         include = self._include()
-        while self.raw is not None:
-            page = self.raw.page(prefix, marker, page_size, include)
-            if page is None:
-                break
-            marker = page.marker
-            if page.refs:
-                yield page.refs
-            if not marker:
-                return
-        pages = self.container.list_blobs(name_starts_with=prefix or None, results_per_page=page_size, include=include)
         try:
+            while self.raw is not None:
+                page = self.raw.page(prefix, marker, page_size, include)
+                if page is None:
+                    break
+                marker = page.marker
+                if page.refs:
+                    yield page.refs
+                if not marker:
+                    return
+            pages = self.container.list_blobs(
+                name_starts_with=prefix or None, results_per_page=page_size, include=include
+            )
             for sdk_page in pages.by_page(continuation_token=marker):
                 refs = [_ref(b) for b in sdk_page]
                 if refs:
@@ -184,16 +186,16 @@ class AzureStore:
 
         marker: str | None = None
         include = self._include()
-        while self.raw is not None:
-            page = self.raw.page(prefix, marker, None, include, delimiter="/")
-            if page is None:
-                break
-            marker = page.marker
-            yield page.prefixes, page.refs
-            if not marker:
-                return
-        pages = self.container.walk_blobs(name_starts_with=prefix or None, delimiter="/", include=include)
         try:
+            while self.raw is not None:
+                page = self.raw.page(prefix, marker, None, include, delimiter="/")
+                if page is None:
+                    break
+                marker = page.marker
+                yield page.prefixes, page.refs
+                if not marker:
+                    return
+            pages = self.container.walk_blobs(name_starts_with=prefix or None, delimiter="/", include=include)
             for sdk_page in pages.by_page(continuation_token=marker):
                 prefixes: list[str] = []
                 objects: list[ObjectRef] = []

@@ -5,10 +5,11 @@ attribute-map lookup per XML element, and then into BlobProperties: about 230 µ
 (measured against Azurite), so one core lists at most ~4,000 blobs/s, 50x the cost of the S3
 path. Here the same List Blobs request (built by the SDK's own request builder, sent through the
 container client's own pipeline: its credential, retries, API version and transport) comes back
-raw, and the five fields an ObjectRef needs are read from each `<Blob>` with regexes. Anything
-but a plain 200 page - an error status, a transport fault, a blob name Azure had to encode, a
-blob without the expected fields - makes the caller go on through the SDK from that marker, so
-errors and retries stay the SDK's.
+raw, and the five fields an ObjectRef needs are read from each `<Blob>` with regexes. A page
+this reader does not vouch for - a blob name Azure had to encode, a blob without the expected
+fields, a 403 or 404 (whose error the SDK words best) - makes the caller go on through the SDK
+from that marker. A transport fault or a 5xx the pipeline has already retried is raised as the
+SDK would raise it, rather than retried all over again.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import base64
 import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
+
+from azure.core.exceptions import AzureError, HttpResponseError
 
 from encord_ingest.models import ObjectRef
 from integrations.storage.xml_text import xml_text
@@ -32,6 +35,7 @@ _MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "
 _MONTHS = {m: f"{i:02d}" for i, m in enumerate(_MONTH_NAMES, 1)}
 _NEEDED = ("Name", "Content-Length", "Etag", "Last-Modified")
 
+_RETRIED = {408, 429}  # with 5xx: statuses azure-core's retry policy has already retried
 TagsDigest = Callable[[dict[str, str]], str]
 
 
@@ -84,7 +88,10 @@ def parse_page(body: str, tags_digest: TagsDigest, *, delimited: bool = False) -
             when = times[modified] = iso_time(modified)
         tags = ""
         if "<Tags>" in block:
-            pairs = {xml_text(k): xml_text(v) for k, v in _TAG.findall(block)}
+            found = _TAG.findall(block)
+            if len(found) != block.count("<Tag>"):
+                raise Unreadable("a <Tag> not in the expected form")
+            pairs = {xml_text(k): xml_text(v) for k, v in found}
             tags = tags_digest(pairs) if pairs else ""
         refs.append(
             ObjectRef(
@@ -133,14 +140,26 @@ class RawPages:
         try:
             # streamed: azure-core would otherwise parse every XML body into an ElementTree first
             response = self.generated._send_request(request, stream=True)
-            try:
-                if response.status_code != 200:
-                    return self._decline()
-                body = response.read()
-            finally:
-                response.close()
+        except AzureError:
+            raise  # the pipeline has retried it already; the SDK would only retry it all again
+        except Exception:
+            return self._decline()
+        try:
+            status = response.status_code
+            body = response.read()
+        except AzureError:
+            raise
+        except Exception:
+            return self._decline()
+        finally:
+            response.close()
+        if status in _RETRIED or status >= 500:  # still failing after the pipeline's retries
+            raise HttpResponseError(response=response)
+        if status != 200:  # 403, 404, ...: the SDK's own error, with its code
+            return self._decline()
+        try:
             parsed = parse_page(body.decode("utf-8-sig"), self.tags_digest, delimited=delimiter is not None)
-        except Exception:  # transport faults, odd pages: the SDK's retries and errors decide
+        except Exception:  # Unreadable, or anything odd in reading it: the SDK reads this page instead
             return self._decline()
         self.lean += 1
         return parsed

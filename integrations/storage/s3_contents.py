@@ -60,7 +60,7 @@ def parse_contents(body: str) -> tuple[list[ObjectRef], str]:
     append = refs.append
     if len(rows) == blocks:
         for key, modified, etag, _, size in rows:
-            if "&" in key:
+            if "&" in key or "\r" in key:
                 key = _text(key)
             if url_encoded and ("%" in key or "+" in key):
                 key = unquote_str(key)
@@ -78,10 +78,10 @@ def parse_contents(body: str) -> tuple[list[ObjectRef], str]:
 
 def _columns(rows: list[tuple[str, ...]], url_encoded: bool) -> list[ObjectRef] | None:
     """ObjectRefs from `_ORDERED` rows a field at a time, without Python code per object; None
-    when some key needs unescaping or URL-decoding."""
+    when some key needs unescaping (an entity, a raw line end) or URL-decoding."""
     keys = list(map(itemgetter(0), rows))
     joined = "".join(keys)
-    if "&" in joined or (url_encoded and ("%" in joined or "+" in joined)):
+    if "&" in joined or "\r" in joined or (url_encoded and ("%" in joined or "+" in joined)):
         return None
     blank = repeat("")
     sizes = map(int, map(itemgetter(4), rows))

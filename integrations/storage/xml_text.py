@@ -16,5 +16,9 @@ def _entity(m: re.Match[str]) -> str:
 
 
 def xml_text(value: str) -> str:
-    """XML character data: the five entities and numeric references (HTML's rules differ)."""
+    """XML character data as an XML parser (botocore's, the Azure SDK's) gives it: raw line ends
+    normalised to \\n (XML 1.0, 2.11), then the five entities and numeric references expanded
+    (HTML's rules differ; a `&#13;` stays a carriage return)."""
+    if "\r" in value:
+        value = value.replace("\r\n", "\n").replace("\r", "\n")
     return _ENTITY.sub(_entity, value) if "&" in value else value
