@@ -157,56 +157,51 @@ class AzureStore:
         return exc
 
     def list_pages(self, prefix: str, *, page_size: int = 1000) -> Iterator[list[ObjectRef]]:
-        """Lean pages (`azure_pages`) while they come back plain, then the SDK from that marker."""
-        marker: str | None = None
-        include = self._include()
         try:
-            while self.raw is not None:
-                page = self.raw.page(prefix, marker, page_size, include)
-                if page is None:
-                    break
-                marker = page.marker
-                if page.refs:
-                    yield page.refs
-                if not marker:
-                    return
-            pages = self.container.list_blobs(
-                name_starts_with=prefix or None, results_per_page=page_size, include=include
-            )
-            for sdk_page in pages.by_page(continuation_token=marker):
-                refs = [_ref(b) for b in sdk_page]
+            for _, refs in self._pages(prefix, page_size, None):
                 if refs:
                     yield refs
         except AzureError as exc:
             raise self._translate(exc, None) from None
 
     def list_level(self, prefix: str) -> Iterator[tuple[list[str], list[ObjectRef]]]:
-        """One level below `prefix` (a flat container is listed whole here): lean pages, then the SDK."""
+        """One level below `prefix` (a flat container is listed whole here)."""
+        try:
+            yield from self._pages(prefix, None, "/")
+        except AzureError as exc:
+            raise self._translate(exc, None) from None
+
+    def _pages(
+        self, prefix: str, page_size: int | None, delimiter: str | None
+    ) -> Iterator[tuple[list[str], list[ObjectRef]]]:
+        """(prefixes, blobs) per page: lean pages (`azure_pages`) while they come back plain, then
+        the SDK from that marker (`list_blobs`, or `walk_blobs` with a delimiter)."""
         from azure.storage.blob import BlobPrefix
 
         marker: str | None = None
         include = self._include()
-        try:
-            while self.raw is not None:
-                page = self.raw.page(prefix, marker, None, include, delimiter="/")
-                if page is None:
-                    break
-                marker = page.marker
-                yield page.prefixes, page.refs
-                if not marker:
-                    return
-            pages = self.container.walk_blobs(name_starts_with=prefix or None, delimiter="/", include=include)
-            for sdk_page in pages.by_page(continuation_token=marker):
-                prefixes: list[str] = []
-                objects: list[ObjectRef] = []
-                for item in sdk_page:
-                    if isinstance(item, BlobPrefix):
-                        prefixes.append(item.name)
-                    else:
-                        objects.append(_ref(item))
-                yield prefixes, objects
-        except AzureError as exc:
-            raise self._translate(exc, None) from None
+        while self.raw is not None:
+            page = self.raw.page(prefix, marker, page_size, include, delimiter)
+            if page is None:
+                break
+            marker = page.marker
+            yield page.prefixes, page.refs
+            if not marker:
+                return
+        start = prefix or None
+        if delimiter is None:
+            pages = self.container.list_blobs(name_starts_with=start, results_per_page=page_size, include=include)
+        else:
+            pages = self.container.walk_blobs(name_starts_with=start, delimiter=delimiter, include=include)
+        for sdk_page in pages.by_page(continuation_token=marker):
+            prefixes: list[str] = []
+            objects: list[ObjectRef] = []
+            for item in sdk_page:
+                if isinstance(item, BlobPrefix):
+                    prefixes.append(item.name)
+                else:
+                    objects.append(_ref(item))
+            yield prefixes, objects
 
     def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
         if max_bytes is not None:

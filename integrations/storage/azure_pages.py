@@ -140,19 +140,14 @@ class RawPages:
         try:
             # streamed: azure-core would otherwise parse every XML body into an ElementTree first
             response = self.generated._send_request(request, stream=True)
+            try:
+                status, body = response.status_code, response.read()
+            finally:
+                response.close()
         except AzureError:
             raise  # the pipeline has retried it already; the SDK would only retry it all again
         except Exception:
             return self._decline()
-        try:
-            status = response.status_code
-            body = response.read()
-        except AzureError:
-            raise
-        except Exception:
-            return self._decline()
-        finally:
-            response.close()
         if status in _RETRIED or status >= 500:  # still failing after the pipeline's retries
             raise HttpResponseError(response=response)
         if status != 200:  # 403, 404, ...: the SDK's own error, with its code

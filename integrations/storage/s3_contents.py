@@ -19,7 +19,7 @@ from typing import Any
 from botocore.compat import unquote_str
 
 from encord_ingest.models import ObjectRef
-from integrations.storage.xml_text import xml_text
+from integrations.storage.xml_text import is_plain, xml_text
 
 RESULT_KEY = "FastContents"
 
@@ -37,13 +37,10 @@ _FIELD = re.compile(r"<(Key|LastModified|ETag|Size)>(.*?)</\1>", re.S)
 _URL_ENCODED = re.compile(r"<EncodingType>\s*url\s*</EncodingType>")
 
 
-_text = xml_text
-
-
 def _etag(value: str) -> str:
     if value.startswith("&quot;") and value.endswith("&quot;") and "&" not in value[6:-6]:
         return value[6:-6]
-    return _text(value).strip('"')
+    return xml_text(value).strip('"')
 
 
 def parse_contents(body: str) -> tuple[list[ObjectRef], str]:
@@ -60,15 +57,14 @@ def parse_contents(body: str) -> tuple[list[ObjectRef], str]:
     append = refs.append
     if len(rows) == blocks:
         for key, modified, etag, _, size in rows:
-            if "&" in key or "\r" in key:
-                key = _text(key)
+            key = xml_text(key)
             if url_encoded and ("%" in key or "+" in key):
                 key = unquote_str(key)
             append(ObjectRef(key, int(size), etag, "", modified))
     else:
         for block in _CONTENTS.findall(body):
             fields = dict(_FIELD.findall(block))
-            key = _text(fields["Key"])
+            key = xml_text(fields["Key"])
             if url_encoded:
                 key = unquote_str(key)
             etag = _etag(fields.get("ETag", ""))
@@ -81,7 +77,7 @@ def _columns(rows: list[tuple[str, ...]], url_encoded: bool) -> list[ObjectRef] 
     when some key needs unescaping (an entity, a raw line end) or URL-decoding."""
     keys = list(map(itemgetter(0), rows))
     joined = "".join(keys)
-    if "&" in joined or "\r" in joined or (url_encoded and ("%" in joined or "+" in joined)):
+    if not is_plain(joined) or (url_encoded and ("%" in joined or "+" in joined)):
         return None
     blank = repeat("")
     sizes = map(int, map(itemgetter(4), rows))
