@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
+from itertools import repeat
 from json.encoder import encode_basestring as _quote  # json.dumps(str, ensure_ascii=False), no encoder built
 from operator import itemgetter
 from typing import Any, TypeVar
@@ -105,13 +106,21 @@ def split_by_limits(
 # run cuts its jobs. A plain tuple: one is made per object.
 Line = tuple[str, str, int]
 
-_PLAIN_ENTRY = '{{"objectUrl":"{}","title":"{}","clientMetadata":{}}}'
+# A plain entry's text between its url, title and clientMetadata (joined, not str.format: a
+# format call per object costs 3-4 times as much)
+_PLAIN_PARTS = ('{"objectUrl":"', '","title":"', '","clientMetadata":', "}")
+_ASCII_PRINTABLE = bytes(range(0x20, 0x7F))
 
 
 def _as_is(text: str) -> bool:
     """True when `_quote` (json's encode_basestring) would only put quotes around `text`: no quote,
-    backslash or control character in it (`isprintable` is stricter, and fast)."""
-    return text.isprintable() and '"' not in text and "\\" not in text
+    backslash or control character in it (`isprintable` is stricter; for ASCII, deleting the
+    printable bytes is a third of its time)."""
+    if '"' in text or "\\" in text:
+        return False
+    if text.isascii():
+        return not text.encode("ascii").translate(None, _ASCII_PRINTABLE)
+    return text.isprintable()
 
 
 def single_lines(sections: list[str], urls: list[str], titles: list[str], metadata: list[str]) -> list[Line]:
@@ -121,7 +130,8 @@ def single_lines(sections: list[str], urls: list[str], titles: list[str], metada
     all_urls, all_titles = "".join(urls), "".join(titles)
     texts: list[str]
     if _as_is(all_urls) and _as_is(all_titles):
-        texts = list(map(_PLAIN_ENTRY.format, urls, titles, metadata))  # each string its own JSON text
+        start, mid, meta_at, end = map(repeat, _PLAIN_PARTS)  # each string its own JSON text
+        texts = list(map("".join, zip(start, urls, mid, titles, meta_at, metadata, end, strict=False)))
     else:
         quote = _quote
         texts = [

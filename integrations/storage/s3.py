@@ -182,6 +182,6 @@ class S3Store:
 
     def check_access(self, prefix: str) -> None:
         try:
-            self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
+            self.lister.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
         except (ClientError, BotoCoreError) as exc:
             raise self._translate(exc, None) from None
