@@ -400,7 +400,13 @@ def test_table_layers_column_wise_equal_key_by_key(tmp_path: Path) -> None:
 def test_single_lines_are_json_whatever_the_strings() -> None:
     """Entries written without an encoder (strings that need no escaping) and with one read back the same."""
     urls = ["s3://b/plain.jpg", 's3://b/q"t.jpg', "s3://b/back\\slash.jpg", "s3://b/ctl\x01.jpg", "s3://b/é.jpg"]
-    urls += ["s3://b/del\x7f.jpg", "s3://b/tab\t.jpg", "s3://b/line\n.jpg", "s3://b/unit\x1f.jpg", "s3://b/ls\u2028.jpg"]
+    urls += [
+        "s3://b/del\x7f.jpg",
+        "s3://b/tab\t.jpg",
+        "s3://b/line\n.jpg",
+        "s3://b/unit\x1f.jpg",
+        "s3://b/ls\u2028.jpg",
+    ]
     titles = [u.removeprefix("s3://b/") for u in urls]
     for i in range(len(urls)):  # each alone (the fast way whenever it can), then all together
         for u, t in ((urls[i : i + 1], titles[i : i + 1]), (urls, titles)):
