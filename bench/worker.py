@@ -60,6 +60,18 @@ def list_cloud(args: dict[str, Any]) -> dict[str, Any]:
 
 
 @job
+def list_store(args: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline's own reader alone (`Store.list_pages` of one lister, no pairing, classify or
+    manifest), timed from after its pre-flight check as the bare listers are from their client."""
+    from integrations.storage import open_source
+
+    source = open_source(args["source"])
+    source.store.check_access(source.prefix)
+    keys, wall, cpu = timed(lambda: sum(map(len, source.store.list_pages(source.prefix))))
+    return {"keys": keys, "seconds": wall, "cpu_seconds": cpu}
+
+
+@job
 def list_boto3(args: dict[str, Any]) -> dict[str, Any]:
     """A bare boto3 paginator loop at PageSize 1000: the keys, nothing else."""
     client = moto_s3_client(args["endpoint"])

@@ -72,9 +72,17 @@ def _with_latency(ctx: Context, url: str) -> dict[str, Any]:
     return {"page_latency_s": PAGE_LATENCY, "ratio": ratio, "bare": bare, "ours": ours}
 
 
+def _reader_alone(url: str) -> dict[str, Any]:
+    """Our S3 reader without the pipeline's work, best of RUNS: how much of the pipeline's time is listing."""
+    runs = [run_worker("list_store", {"source": f"s3://{BUCKET}/"}, env=aws_worker_env(url)) for _ in range(RUNS)]
+    return min(runs, key=lambda r: r["seconds"])
+
+
 def run(ctx: Context) -> list[Figure]:
     moto = ctx.moto()
     bare = ctx.bare_listing()
+    reader = _reader_alone(moto.url)
+    ctx.log(f"our S3 reader alone (list_pages, one lister): {reader['keys']:,} keys in {reader['seconds']:.2f}s")
     ctx.log("manifest pipeline over moto (real `manifest` path, boto3 listing inside S3Store), best of 3")
     runs = [_pipeline(moto.url) for _ in range(RUNS)]  # as many as the bare obstore listing gets
     ours = min(runs, key=lambda r: r[TIMED])
@@ -89,6 +97,8 @@ def run(ctx: Context) -> list[Figure]:
     latency = _with_latency(ctx, moto.url)
     detail = f"ours {ours_rate:,.0f}/s vs bare {bare['fastest']} {base_rate:,.0f}/s (bare boto3 {boto3_rate:,.0f}/s)"
     detail += f"; {with_preflight:.2f}x with our {ours['preflight_seconds']:.2f}s pre-flight counted"
+    reader_rate = rate(reader["keys"], reader["seconds"])
+    detail += f"; our S3 reader alone {reader_rate:,.0f}/s ({reader_rate / base_rate:.2f}x bare {bare['fastest']})"
     if "ratio" in latency:
         detail += f"; at {PAGE_LATENCY:g}s/page {latency['ratio']:.2f}x"
     fidelity = bare.get("key_fidelity")
@@ -107,6 +117,7 @@ def run(ctx: Context) -> list[Figure]:
         "ours": ours,
         "ours_runs_s": [r[TIMED] for r in runs],
         "ratio_with_preflight": with_preflight,
+        "reader_alone": {**reader, "vs_baseline": reader_rate / base_rate},
         "bare": {k: v for k, v in bare.items() if k in BARE_FIELDS},
         "s3_like_latency": latency,
         "server": "moto 5.2.5 " + ("(stock listing)" if ctx.stock_moto else "(bench/moto_seeded.py fast listing)"),
