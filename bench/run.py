@@ -54,7 +54,8 @@ NOTES = {
     "pre-flight (clients, credential check), which is reported beside it, with the ratio it would give counted in. "
     "Also our S3 reader alone (`S3Store.list_pages`, one lister, no pairing, classify or manifest), best of 3: the "
     "listing's share of the pipeline's time. Beside it, nine valid S3 keys (a folder marker `dir/`, `/lead`, "
-    "`trail/`, `a//b`, `./`, `../`, a control character, `%20`, non-ASCII), each alone in a bucket, listed by both clients: how many come back unchanged. "
+    "`trail/`, `a//b`, `./`, `../`, a control character, `%20`, non-ASCII), each alone in a bucket, listed by "
+    "both clients: how many come back unchanged. "
     "moto answers ListObjectsV2 (plain and with a delimiter) from a sorted snapshot (bench/moto_seeded.py; stock "
     "moto rescans the bucket per page and lists ~1k keys/s at 100k, `--stock-moto`). Also measured with 0.1 s "
     "added per page (S3-like).",
