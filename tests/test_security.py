@@ -151,3 +151,43 @@ def test_lean_s3_listing_reads_the_same_objects_as_stock_boto3(
     level = list(store.list_level(""))
     assert sorted(p for prefixes, _ in level for p in prefixes) == ["many/", "ünïcode/"]
     assert len([r for _, objects in level for r in objects]) == len(keys) - 26
+
+
+def test_lean_s3_level_listing_reads_the_same_prefixes_and_objects_as_stock_boto3(
+    s3: Any, aws: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delimited level (the fanout's root, a flat bucket whole) read lean after its first page,
+    page by page the same as botocore's parser, prefixes that need escaping or URL-decoding included."""
+    from integrations.storage.s3 import S3Store
+
+    for name, value in aws.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"level-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    prefixes = ["sp ace/", "ünï/", "amp&lt;</", "plus+/", "pct%20/", *[f"dir{i:02d}/" for i in range(12)]]
+    root = [f"root-{i:02d}.jpg" for i in range(12)] + ["q?mark#hash.jpg", "tab\tx.jpg"]
+    for i, key in enumerate([*root, *(p + "a.jpg" for p in prefixes), *(p + "b/c.jpg" for p in prefixes)]):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x" * (i + 1))
+    store = S3Store(bucket)
+
+    def stock(prefix: str) -> list[tuple[list[str], list[tuple[str, int, str]]]]:
+        pages = s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix, Delimiter="/", PaginationConfig={"PageSize": 10}
+        )
+        return [
+            ([p["Prefix"] for p in page.get("CommonPrefixes", ())],
+             [(o["Key"], o["Size"], o["ETag"].strip('"')) for o in page.get("Contents", ())])
+            for page in pages
+        ]  # fmt: skip
+
+    def lean(prefix: str) -> list[tuple[list[str], list[tuple[str, int, str]]]]:
+        return [(p, [(r.key, r.size, r.etag) for r in refs]) for p, refs in store.list_level(prefix, page_size=10)]
+
+    top = stock("")
+    assert lean("") == top and len(top) == 4
+    assert sorted(p for page, _ in top for p in page) == sorted(prefixes)
+    assert sorted(k for _, objects in top for k, _, _ in objects) == sorted(root)
+    assert store.raw is not None and (store.raw.lean, store.raw.declined) == (3, 0), "pages after the first lean"
+    for prefix in ("ünï/", "amp&lt;</", "pct%20/"):
+        below = stock(prefix)
+        assert lean(prefix) == below and below == [([f"{prefix}b/"], [(f"{prefix}a.jpg", *below[0][1][0][1:])])]

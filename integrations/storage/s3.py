@@ -112,9 +112,9 @@ class S3Store:
         except (ClientError, BotoCoreError) as exc:
             raise self._translate(exc, None) from None
 
-    def _pages(self, prefix: str, page_size: int) -> Iterator[dict[str, Any]]:
+    def _pages(self, prefix: str, page_size: int, delimiter: str | None = None) -> Iterator[dict[str, Any]]:
         """botocore's first page, then lean ones (`s3_pages`) as long as they come back plain."""
-        kwargs = {"Bucket": self.bucket, "Prefix": prefix}
+        kwargs = {"Bucket": self.bucket, "Prefix": prefix, **({"Delimiter": delimiter} if delimiter else {})}
         if self.raw is None:
             paginator = self.lister.get_paginator("list_objects_v2")
             yield from paginator.paginate(**kwargs, PaginationConfig={"PageSize": page_size})
@@ -133,10 +133,11 @@ class S3Store:
                 return
             page = lean
 
-    def list_level(self, prefix: str) -> Iterator[tuple[list[str], list[ObjectRef]]]:
-        paginator = self.lister.get_paginator("list_objects_v2")
+    def list_level(self, prefix: str, *, page_size: int = 1000) -> Iterator[tuple[list[str], list[ObjectRef]]]:
+        """One level below `prefix`, lean after the first page as `list_pages` (a flat bucket is
+        listed whole here)."""
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+            for page in self._pages(prefix, page_size, "/"):
                 prefixes = [p["Prefix"] for p in page.get("CommonPrefixes", ())]
                 yield prefixes, _page_refs(page)
         except (ClientError, BotoCoreError) as exc:

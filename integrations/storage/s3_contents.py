@@ -43,12 +43,17 @@ def _etag(value: str) -> str:
     return xml_text(value).strip('"')
 
 
+def is_url_encoded(body: str) -> bool:
+    """The page says `EncodingType=url`: keys and prefixes in it are URL-encoded."""
+    return _URL_ENCODED.search(body) is not None
+
+
 def parse_contents(body: str) -> tuple[list[ObjectRef], str]:
     """The objects of one page, in order, and the page without them."""
     blocks = body.count("<Contents>")
     if not blocks:
         return [], body
-    url_encoded = _URL_ENCODED.search(body) is not None
+    url_encoded = is_url_encoded(body)
     rows = _ORDERED.findall(body)
     fast = _columns(rows, url_encoded) if len(rows) == blocks else None
     if fast is not None:  # the common page

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from botocore.awsrequest import AWSRequest
+from botocore.compat import unquote_str
 from botocore.utils import percent_encode_sequence
 
 from integrations.storage import s3_contents
@@ -27,6 +28,7 @@ from integrations.storage.xml_text import xml_text
 OPERATION = "ListObjectsV2"
 _TRUNCATED = re.compile(r"<IsTruncated>\s*(true|false)\s*</IsTruncated>")
 _TOKEN = re.compile(r"<NextContinuationToken>([^<]*)</NextContinuationToken>")
+_COMMON_PREFIX = re.compile(r"<CommonPrefixes>\s*<Prefix>([^<]*)</Prefix>\s*</CommonPrefixes>")
 _SIGNED_HEADERS = ("Authorization", "X-Amz-Date", "X-Amz-Content-SHA256", "X-Amz-Security-Token")
 
 
@@ -90,6 +92,11 @@ class RawPages:
         if truncated is None:
             return self._decline()
         page: dict[str, Any] = {s3_contents.RESULT_KEY: refs, "IsTruncated": truncated.group(1) == "true"}
+        if "<CommonPrefixes>" in rest:  # a level of a delimited listing
+            prefixes = _common_prefixes(rest)
+            if prefixes is None:
+                return self._decline()
+            page["CommonPrefixes"] = [{"Prefix": prefix} for prefix in prefixes]
         token_match = _TOKEN.search(rest)
         if token_match is not None:
             page["NextContinuationToken"] = xml_text(token_match.group(1))
@@ -99,3 +106,15 @@ class RawPages:
     def _decline(self) -> None:
         self.declined += 1
         return None
+
+
+def _common_prefixes(rest: str) -> list[str] | None:
+    """`<CommonPrefixes>` as botocore decodes them (entities, then URL-decoding when the page says
+    `EncodingType=url`), or None when one is not in the plain form."""
+    found = _COMMON_PREFIX.findall(rest)
+    if len(found) != rest.count("<CommonPrefixes>"):
+        return None
+    prefixes = list(map(xml_text, found))
+    if s3_contents.is_url_encoded(rest):
+        prefixes = [unquote_str(p) if "%" in p or "+" in p else p for p in prefixes]
+    return prefixes
