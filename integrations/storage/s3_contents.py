@@ -48,6 +48,13 @@ def is_url_encoded(body: str) -> bool:
     return _URL_ENCODED.search(body) is not None
 
 
+def name_text(raw: str, url_encoded: bool) -> str:
+    """A key or prefix of the page as botocore gives it: XML text, then URL-decoded when the page
+    says `EncodingType=url` (a name without `%` or `+` decodes to itself)."""
+    text = xml_text(raw)
+    return unquote_str(text) if url_encoded and ("%" in text or "+" in text) else text
+
+
 def parse_contents(body: str) -> tuple[list[ObjectRef], str]:
     """The objects of one page, in order, and the page without them."""
     blocks = body.count("<Contents>")
@@ -62,16 +69,11 @@ def parse_contents(body: str) -> tuple[list[ObjectRef], str]:
     append = refs.append
     if len(rows) == blocks:
         for key, modified, etag, _, size in rows:
-            key = xml_text(key)
-            if url_encoded and ("%" in key or "+" in key):
-                key = unquote_str(key)
-            append(ObjectRef(key, int(size), etag, "", modified))
+            append(ObjectRef(name_text(key, url_encoded), int(size), etag, "", modified))
     else:
         for block in _CONTENTS.findall(body):
             fields = dict(_FIELD.findall(block))
-            key = xml_text(fields["Key"])
-            if url_encoded:
-                key = unquote_str(key)
+            key = name_text(fields["Key"], url_encoded)
             etag = _etag(fields.get("ETag", ""))
             append(ObjectRef(key, int(fields.get("Size") or "0"), etag, "", fields.get("LastModified", "")))
     return refs, _without_contents(body, blocks)

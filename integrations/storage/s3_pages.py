@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from botocore.awsrequest import AWSRequest
-from botocore.compat import unquote_str
 from botocore.utils import percent_encode_sequence
 
 from integrations.storage import s3_contents
@@ -114,7 +113,5 @@ def _common_prefixes(rest: str) -> list[str] | None:
     found = _COMMON_PREFIX.findall(rest)
     if len(found) != rest.count("<CommonPrefixes>"):
         return None
-    prefixes = list(map(xml_text, found))
-    if s3_contents.is_url_encoded(rest):
-        prefixes = [unquote_str(p) if "%" in p or "+" in p else p for p in prefixes]
-    return prefixes
+    url_encoded = s3_contents.is_url_encoded(rest)
+    return [s3_contents.name_text(raw, url_encoded) for raw in found]
