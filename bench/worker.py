@@ -269,7 +269,7 @@ def flow(args: dict[str, Any]) -> dict[str, Any]:
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
-    from flows.ingest import ingest
+    from flows.ingest import run_ingest_flow
     from tasks.run import IngestParams
 
     # What a flow run imports lazily the first time (Prefect's parameter encoder pulls in FastAPI,
@@ -280,7 +280,7 @@ def flow(args: dict[str, Any]) -> dict[str, Any]:
         importlib.import_module(module)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     params = IngestParams(**args["params"])
-    state, wall, cpu = timed(lambda: ingest(params, return_state=True))
+    state, wall, cpu = timed(lambda: run_ingest_flow(params))
     summary = state.result(raise_on_failure=True)
     if not isinstance(summary, dict):
         raise RuntimeError(f"flow ended {state.type.value}: {state.message}")

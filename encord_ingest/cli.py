@@ -165,9 +165,9 @@ def ingest(
         inventory=inventory,
     )
     _precheck(params)
-    from flows.ingest import ingest as ingest_flow
+    from flows.ingest import run_ingest_flow
 
-    state = ingest_flow(params, return_state=True)
+    state = run_ingest_flow(params)
     summary = state.result(raise_on_failure=True)
     if not isinstance(summary, dict):
         raise IngestError(f"the flow ended in state {state.type.value}: {state.message}")
@@ -398,21 +398,30 @@ def _is_click_error(exc: Exception) -> bool:
     return isinstance(exc, tuple(kinds))
 
 
+INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+
+
+def _say_interrupted() -> None:
+    err.print("encord-ingest: interrupted; the ledger keeps what finished, re-run to continue", markup=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: maps our errors to exit codes with a one-line reason."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
-        rc = app(args=argv, standalone_mode=False)
-        return int(rc or 0)
+        rc = int(app(args=argv, standalone_mode=False) or 0)
+        if rc == INTERRUPTED:  # typer turns Ctrl-C into Exit(130), returned here; no command exits 130
+            _say_interrupted()
+        return rc
     except typer.Exit as exc:
         return int(exc.exit_code)
     except IngestError as exc:
         err.print(f"encord-ingest: {exc}", markup=False, highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        err.print("encord-ingest: interrupted; the ledger keeps what finished, re-run to continue", markup=False)
-        return 130
+        _say_interrupted()
+        return INTERRUPTED
     except Exception as exc:  # click usage errors and anything unexpected: one line, no traceback
         if _is_click_error(exc):
             err.print(f"encord-ingest: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)

@@ -80,7 +80,7 @@ def run_demo(objects: int = 300, keep_running: bool = False) -> int:
         (DEMO_DIR / "cameras.csv").write_text(sample_table(objects))
         console.print(f"      {uploaded} objects uploaded; schema and camera table in {DEMO_DIR}/")
 
-        from flows.ingest import ingest
+        from flows.ingest import run_ingest_flow
         from integrations.encord.schema_api import apply_schema, gateway_from_env
         from tasks.run import IngestParams
         from tasks.schema import load_schema
@@ -100,13 +100,13 @@ def run_demo(objects: int = 300, keep_running: bool = False) -> int:
         )
         console.print("[bold]3/5[/] running the ingest flow (one Prefect task per batch of 100) ...")
         started = time.monotonic()
-        state = ingest(params, return_state=True)
+        state = run_ingest_flow(params)
         first = state.result()
         _show(first, f"first run ({time.monotonic() - started:.1f}s)")
 
         console.print("[bold]4/5[/] running it again: only new or changed objects would be sent ...")
         started = time.monotonic()
-        second_state = ingest(params, return_state=True)
+        second_state = run_ingest_flow(params)
         second = second_state.result()
         _show(second, f"second run ({time.monotonic() - started:.1f}s)")
 

@@ -34,7 +34,7 @@ def _secret_value(block: str) -> str:
     from prefect.blocks.system import Secret
 
     try:
-        value = Secret.load(block).get()
+        value = Secret.load(block, _sync=True).get()
     except ValueError:
         raise ConfigError(
             f"Prefect Secret block {block!r} not found: create it (UI > Blocks, or deployments/bootstrap.py)"

@@ -66,7 +66,7 @@ def run_keys(params: IngestParams, keys: list[str], run_id: str, *, lease_wait: 
 
 
 @flow(name="encord-ingest-keys", flow_run_name=_run_name, log_prints=True)
-def ingest_keys(
+async def ingest_keys(
     params: IngestParams,
     keys: list[str],
     bucket: str = "",
@@ -83,7 +83,20 @@ def ingest_keys(
         encord_key_block: Prefect Secret block holding the Encord SSH private key.
         secret_env: environment variable -> Secret block name (AWS_SECRET_ACCESS_KEY, ...).
         lease_wait: seconds to wait while another run is ingesting the same source.
+
+    Async for the reason flows.ingest.ingest is; the body is sync.
     """
+    return _ingest_keys(params, list(keys), bucket, encord_key_block, secret_env, lease_wait)
+
+
+def _ingest_keys(
+    params: IngestParams,
+    keys: list[str],
+    bucket: str,
+    encord_key_block: str | None,
+    secret_env: dict[str, str] | None,
+    lease_wait: float,
+) -> Any:
     run_id = str(flow_run.id or "local")
     try:
         check_bucket(params, bucket)

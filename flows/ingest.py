@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from prefect import flow
+from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.states import Failed
@@ -141,14 +143,25 @@ def retry_dead_letters(params: IngestParams, run_id: str) -> RunSummary:
 
 
 @flow(name="encord-ingest", flow_run_name=_run_name, log_prints=True)
-def ingest(params: IngestParams, encord_key_block: str | None = None, secret_env: dict[str, str] | None = None) -> Any:
+async def ingest(
+    params: IngestParams, encord_key_block: str | None = None, secret_env: dict[str, str] | None = None
+) -> Any:
     """Register SOURCE into an Encord folder; re-runs import only what is new or changed.
 
     Args:
         params: the source, the Encord folder and integration, filters, metadata and batching.
         encord_key_block: Prefect Secret block holding the Encord SSH private key (sets ENCORD_SSH_KEY).
         secret_env: environment variable -> Secret block name, for AWS_SECRET_ACCESS_KEY and the like.
+
+    Async only so that Prefect runs it with its async engine: the sync engine waits at the end of
+    every flow run for its heartbeat thread, which sleeps in 1 s steps (up to a second per run,
+    the larger part of a no-change re-run). The body is sync and runs on the event loop's thread,
+    so Ctrl-C stops it as before; Prefect calls in it that dispatch on the flow's kind take `_sync=True`.
     """
+    return _ingest(params, encord_key_block, secret_env)
+
+
+def _ingest(params: IngestParams, encord_key_block: str | None, secret_env: dict[str, str] | None) -> Any:
     run_id = str(flow_run.id or "local")
     try:
         load_secret_env(encord_key_block, secret_env)
@@ -162,3 +175,21 @@ def ingest(params: IngestParams, encord_key_block: str | None = None, secret_env
     except IngestError as exc:
         log.error("%s", exc)
         return Failed(message=str(exc), data=exc)
+
+
+def run_ingest_flow(params: IngestParams) -> State[Any]:
+    """The ingest flow run to its final state from sync code (the CLI, the demo, the bench).
+
+    Not `asyncio.run`: that turns the first Ctrl-C into a cancel of the flow's coroutine, which
+    the sync body never awaits on, so the run would go on; on a plain loop Ctrl-C raises
+    KeyboardInterrupt in the body at once and Prefect marks the run Crashed, as with a sync flow.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(ingest(params, return_state=True))
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()

@@ -31,7 +31,9 @@ class Progress:
     """
 
     def __init__(self, interval: float = PROGRESS_INTERVAL) -> None:
-        self.artifact_id = create_progress_artifact(progress=0.0, key="ingest-progress", description="batches finished")
+        self.artifact_id = create_progress_artifact(
+            progress=0.0, key="ingest-progress", description="batches finished", _sync=True
+        )
         self.interval = interval
         self.sent_at = time.monotonic()
 
@@ -52,12 +54,13 @@ def update_progress(artifact_id: UUID | None, done: int, dispatched: int, object
         artifact_id=artifact_id,
         progress=round(pct, 1),
         description=f"{done} of {dispatched} batches finished, {objects:,} objects processed{note}",
+        _sync=True,
     )
 
 
 def batch_table(reports: Sequence[BatchReport]) -> None:
     rows = [r.as_row() for r in sorted(reports, key=lambda r: r.number)]
-    create_table_artifact(table=rows, key="ingest-batches", description="one row per batch task")
+    create_table_artifact(table=rows, key="ingest-batches", description="one row per batch task", _sync=True)
 
 
 def summary_markdown(
@@ -90,7 +93,7 @@ def summary_markdown(
 
 
 def publish_summary(markdown: str) -> None:
-    create_markdown_artifact(markdown=markdown, key="ingest-summary", description="run summary")
+    create_markdown_artifact(markdown=markdown, key="ingest-summary", description="run summary", _sync=True)
 
 
 def _cell(text: object) -> str:
@@ -125,7 +128,10 @@ def verification_markdown(result: dict[str, Any], *, heading: str = "#") -> str:
 
 def publish_verification(result: dict[str, Any]) -> None:
     create_markdown_artifact(
-        markdown=verification_markdown(result), key="schema-verification", description="schema verification diff"
+        markdown=verification_markdown(result),
+        key="schema-verification",
+        description="schema verification diff",
+        _sync=True,
     )
 
 
@@ -187,6 +193,7 @@ def publish_folder_link(uploader: Any, folder_name: str) -> None:
         link_text=f"Encord folder {folder_name} ({uuid})",
         key="encord-folder",
         description="the Encord storage folder this run registers into",
+        _sync=True,
     )
 
 
@@ -213,4 +220,4 @@ def keys_markdown(stats: Any, *, source: str, bucket: str) -> str:
 
 
 def publish_keys(markdown: str) -> None:
-    create_markdown_artifact(markdown=markdown, key="ingest-keys", description="keys named by the event")
+    create_markdown_artifact(markdown=markdown, key="ingest-keys", description="keys named by the event", _sync=True)

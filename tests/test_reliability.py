@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -122,6 +127,54 @@ def test_upload_jobs_stuck_pending_stop_resumably_and_are_reconciled(
         assert len(state["uploads"]) == started, "the pending jobs were reconciled, not submitted again"
     finally:
         slow.stop()
+
+
+def test_ctrl_c_stops_a_run_sending_anything_more_and_the_rerun_finishes_it(
+    cli: Cli, aws: dict[str, str], keys: Any, s3: Any
+) -> None:
+    """The flow is async (Prefect's async engine); Ctrl-C must still reach its sync body at once:
+    the batch in flight finishes into the ledger, no further batch is sent, exit 130."""
+    slow = start_emulator(aws, "--authorized-key", str(keys.public), "--job-delay-seconds", "6")
+    try:
+        bucket = f"sigint-{uuid.uuid4().hex[:8]}"
+        objects = seed(s3, bucket, 12)
+        env = {**os.environ, **cli.env, "ENCORD_DOMAIN": slow.url, "ENCORD_INGEST_JOB_TIMEOUT": "120"}
+        args = ["ingest", f"s3://{bucket}/", "--folder", bucket, "--integration", "local-aws", "--metadata", "sidecar"]
+        args += ["--batch-size", "4", "--max-in-flight", "1", "--json"]  # three batches, one at a time
+        run = subprocess.Popen(
+            [sys.executable, "-m", "encord_ingest.cli", *args],
+            cwd=cli.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            sent = _wait_for_uploads(slow.url, run)
+            run.send_signal(signal.SIGINT)
+            _, stderr = run.communicate(timeout=120)
+        finally:
+            run.kill()
+        state = requests.get(f"{slow.url}/_emulator/state", timeout=10).json()
+        assert run.returncode == 130, stderr[-2000:]
+        assert "encord-ingest: interrupted" in stderr and "Traceback" not in stderr, stderr[-2000:]
+        assert len(state["uploads"]) == len(sent), "a batch was sent after Ctrl-C"
+        assert 0 < len(state["items"]) < len(objects)
+
+        second = cli(*args, extra_env={"ENCORD_DOMAIN": slow.url})
+        assert second.code == 0, second.stderr[-2000:]
+        assert second.json()["registered"] == len(objects) - len(state["items"])
+        items = requests.get(f"{slow.url}/_emulator/state", timeout=10).json()["items"]
+        assert Counter(i["url"] for i in items) == Counter({f"s3://{bucket}/{k}": 1 for k in objects})
+    finally:
+        slow.stop()
+
+
+def _wait_for_uploads(emulator_url: str, run: subprocess.Popen[str], timeout: float = 120) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert run.poll() is None, run.communicate()[1][-2000:]
+        uploads = requests.get(f"{emulator_url}/_emulator/state", timeout=10).json()["uploads"]
+        if uploads:
+            return list(uploads)
+        time.sleep(0.2)
+    raise AssertionError("the run sent no upload job")
 
 
 # -- the accounting invariant over random buckets and random fault schedules ------------------
