@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,10 +26,15 @@ from encord_ingest.crashpoints import crash_point
 from encord_ingest.models import Entry, ObjectRef
 from integrations.storage import Source
 from tasks.filters import KeyFilter
+from tasks.key_ranges import split_points
 from tasks.sidecars import DEFAULT_SIDECAR_SUFFIX, Paired, SidecarPairer
 
 T = TypeVar("T")
 PREFETCH_PAGES = 4
+SPLIT_AFTER = 2  # full pages a lister reads before it hands the rest of its range to others
+# Handing off costs each new range a request or two; worth it where a page takes ~0.1 s (S3, GCS),
+# not where it takes a millisecond (a local emulator), hence `ListingOptions.split_page_seconds`.
+MAX_QUEUED_RANGES = 8  # per lister: ranges waiting beyond this, nobody splits further
 
 ORPHAN_REASON = "JSON file with no object beside it (sidecar files are never imported)"
 
@@ -39,6 +45,7 @@ class ListingOptions:
     sidecar_suffix: str = DEFAULT_SIDECAR_SUFFIX
     page_size: int = 1000
     fanout: int = 1
+    split_page_seconds: float = 0.03  # pages slower than this on average: a long range is split (`_fanout_chunks`)
 
 
 @dataclass(slots=True)
@@ -80,14 +87,32 @@ def _paired(source: Source, opts: ListingOptions, pages: Iterable[list[ObjectRef
     yield Chunk(stream, *kept(pairer.finish()), last=True)
 
 
+@dataclass(slots=True)
+class _Range:
+    """One lister's share of a prefix: keys from `start` (inclusive) up to `end` (exclusive)."""
+
+    prefix: str
+    start: str | None = None
+    end: str | None = None
+
+
+def _first_last(prefixes: list[str], objects: list[ObjectRef]) -> tuple[str, str]:
+    """The smallest and the largest name of a page (keys and common prefixes sort together)."""
+    names = [n for n in (prefixes[:1] + [o.key for o in objects[:1]]) if n]
+    lasts = [n for n in (prefixes[-1:] + [o.key for o in objects[-1:]]) if n]
+    return min(names), max(lasts)
+
+
 def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
     store = source.store
+    ranged = getattr(store, "list_from", None)  # stores that can start a listing at a key
     out: queue.Queue[Chunk | BaseException | None] = queue.Queue(maxsize=2 * opts.fanout)
     stop = threading.Event()
     pending_prefixes = threading.BoundedSemaphore(4 * opts.fanout)
     lock = threading.Lock()
     outstanding = [1]
     next_stream = [1]
+    queued_ranges = [0]
     pool = ThreadPoolExecutor(max_workers=opts.fanout + 1, thread_name_prefix="lister")
 
     def put(item: Chunk | BaseException | None) -> None:
@@ -99,16 +124,86 @@ def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
                 continue
         raise _Stop
 
-    def child(prefix: str, stream: int) -> None:
+    def new_stream(ranges: int = 0) -> int:
+        with lock:
+            outstanding[0] += 1
+            queued_ranges[0] += ranges
+            stream = next_stream[0]
+            next_stream[0] += 1
+            return stream
+
+    def hand_off(work: _Range, first: str, last: str) -> None:
+        """The rest of `work` after `last`, cut into ranges for other listers; `work` ends at the first cut."""
+        with lock:
+            if queued_ranges[0] >= MAX_QUEUED_RANGES * opts.fanout:
+                return  # enough work waiting: go on alone
+
+        def maybe_key(name: str) -> bool:  # a name below `first` and in this range would have come first
+            return not ((work.start or "") <= name < first)
+
+        cuts = split_points(first, last, work.prefix, work.end, maybe_key)
+        if not cuts:
+            return
+        for lo, hi in zip(cuts, [*cuts[1:], work.end], strict=True):
+            pool.submit(listed, _Range(work.prefix, lo, hi), new_stream(ranges=1), True)
+        work.end = cuts[0]
+
+    def range_pages(work: _Range, delimited: bool = False) -> Iterator[list[ObjectRef]]:
+        """Objects of `work`; a delimited listing's prefixes go to child listers. After
+        SPLIT_AFTER full pages the rest of the range is handed off (`hand_off`)."""
+        assert ranged is not None
+        first, seen, spawned = "", "", ""  # spawned: a service may repeat a level's prefixes on every page
+        pages = iter(ranged(work.prefix, work.start, delimited=delimited, page_size=opts.page_size))
+        waited, number = 0.0, 0
+        while True:
+            asked = time.monotonic()
+            page = next(pages, None)
+            if page is None:
+                return
+            prefixes, objects = page
+            waited += time.monotonic() - asked
+            number += 1
+            full = len(prefixes) + len(objects) >= opts.page_size
+            end, done = work.end, False
+            if end is not None and ((prefixes and prefixes[-1] >= end) or (objects and objects[-1].key >= end)):
+                prefixes = [p for p in prefixes if p < end]
+                objects = [o for o in objects if o.key < end]
+                done = True
+            for prefix in prefixes:
+                if prefix > spawned:
+                    child_prefix(prefix)
+                    spawned = prefix
+            if objects:
+                yield objects
+            if done or not (prefixes or objects):
+                return
+            low, high = _first_last(prefixes, objects)
+            first = first or low
+            seen = max(seen, high)  # a service may send a level's prefixes ahead of its objects
+            if number == SPLIT_AFTER and full and waited >= SPLIT_AFTER * opts.split_page_seconds:
+                hand_off(work, first, seen)
+
+    def child_prefix(prefix: str) -> None:
+        while not pending_prefixes.acquire(timeout=0.2):
+            if stop.is_set():
+                raise _Stop
+        pool.submit(listed, _Range(prefix), new_stream(), False)
+
+    def listed(work: _Range, stream: int, is_range: bool) -> None:
+        if is_range:
+            with lock:
+                queued_ranges[0] -= 1
         try:
-            for chunk in _paired(source, opts, store.list_pages(prefix, page_size=opts.page_size), stream):
+            pages = range_pages(work) if ranged else store.list_pages(work.prefix, page_size=opts.page_size)
+            for chunk in _paired(source, opts, pages, stream):
                 put(chunk)
         except _Stop:
             return
         except BaseException as exc:  # delivered to the consumer, which re-raises it
             put(exc)
         finally:
-            pending_prefixes.release()
+            if not is_range:
+                pending_prefixes.release()
             if not stop.is_set():
                 with contextlib.suppress(_Stop):
                     put(None)
@@ -117,16 +212,15 @@ def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
         try:
 
             def root_pages() -> Iterator[list[ObjectRef]]:
+                if ranged is not None:
+                    yield from range_pages(_Range(source.prefix), delimited=True)
+                    return
+                spawned = ""  # a service may repeat a level's prefixes on every page (fake-gcs-server does)
                 for prefixes, objects in store.list_level(source.prefix):
                     for prefix in prefixes:
-                        while not pending_prefixes.acquire(timeout=0.2):
-                            if stop.is_set():
-                                raise _Stop
-                        with lock:
-                            outstanding[0] += 1
-                            stream = next_stream[0]
-                            next_stream[0] += 1
-                        pool.submit(child, prefix, stream)
+                        if prefix > spawned:
+                            child_prefix(prefix)
+                            spawned = prefix
                     if objects:
                         yield objects
 

@@ -432,3 +432,30 @@ def test_emulator_checks_many_urls_by_listing_one_prefix(cloud: Cloud) -> None:
     gone = [u.replace(cloud.writer.name, "no-such-bucket-1") for u in urls]
     assert all("not found" in (msg or "") for msg in check_objects(gone, head_threshold=1).values())
     assert all("not found" in (msg or "") for msg in check_objects(gone[:1]).values())
+
+
+def test_a_flat_level_split_across_listers_is_listed_whole_and_paired(cloud: Cloud) -> None:
+    """Stores that can start a listing at a key (GCS) hand ranges of a long level to other listers."""
+    keys = [f"flat/img_{i:03d}.jpg" for i in range(60)] + [f"flat/img_{i:03d}.jpg.json" for i in range(0, 60, 4)]
+    keys += ["flat/img_02", "flat/sub/x.jpg"]
+    for key in keys:
+        cloud.writer.put_object(key, b"x")
+    source = open_source(cloud.writer.source("flat/"))
+
+    def listing(fanout: int) -> tuple[list[tuple[str, str | None]], int]:
+        pairs: list[tuple[str, str | None]] = []
+        streams: set[int] = set()
+        for chunk in iter_chunks(source, ListingOptions(page_size=4, fanout=fanout, split_page_seconds=0)):
+            pairs += [(e.obj.key, e.sidecar.key if e.sidecar else None) for e in chunk.entries]
+            assert not chunk.orphans
+            streams.add(chunk.stream)
+        return sorted(pairs), len(streams)
+
+    serial, _ = listing(1)
+    split, streams = listing(3)
+    assert split == serial and len(serial) == 62 and sum(1 for _, s in serial if s) == 15
+    ranged = getattr(source.store, "list_from", None)
+    assert (streams > 2) == (ranged is not None)
+    if ranged is not None:  # the start is inclusive, a key equal to it included
+        first = next(refs for _, refs in ranged("flat/", "flat/img_02", page_size=3) if refs)
+        assert [r.key for r in first] == ["flat/img_02", "flat/img_020.jpg", "flat/img_020.jpg.json"]

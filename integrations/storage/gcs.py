@@ -127,6 +127,26 @@ class GCSStore:
         except _ERRORS as exc:
             raise self._translate(exc, None) from None
 
+    def list_from(
+        self, prefix: str, start: str | None, *, delimited: bool = False, page_size: int = 1000
+    ) -> Iterator[tuple[list[str], list[ObjectRef]]]:
+        """`list_level` (delimited) or `list_pages` from the first key (or prefix) >= `start`
+        (GCS's startOffset is inclusive). Pages are yielded even when empty."""
+        blobs = self.client.list_blobs(
+            self.bucket, prefix=prefix or None, page_size=page_size, fields=_LIST_FIELDS,
+            start_offset=start or None, delimiter="/" if delimited else None,
+        )  # fmt: skip
+        try:
+            for page in blobs.pages:
+                raw = page.raw_page
+                prefixes, refs = list(raw.get("prefixes", ())), list(map(_item_ref, raw.get("items", ())))
+                if start and ((refs and refs[0].key < start) or (prefixes and prefixes[0] < start)):
+                    refs = [r for r in refs if r.key >= start]  # a service that ignores startOffset
+                    prefixes = [p for p in prefixes if p >= start]
+                yield prefixes, refs
+        except _ERRORS as exc:
+            raise self._translate(exc, None) from None
+
     def list_level(self, prefix: str) -> Iterator[tuple[list[str], list[ObjectRef]]]:
         blobs = self.client.list_blobs(self.bucket, prefix=prefix or None, delimiter="/", fields=_LIST_FIELDS)
         try:

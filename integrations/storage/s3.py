@@ -54,6 +54,11 @@ def _clients() -> tuple[Any, Any]:
     return client, lister
 
 
+def just_below(start: str) -> str:
+    """A string below `start` with no plausible key between the two, for StartAfter (exclusive)."""
+    return start[:-1] + chr(ord(start[-1]) - 1) + "\U0010fffd"
+
+
 def _page_refs(page: dict[str, Any]) -> list[ObjectRef]:
     fast = page.get(s3_contents.RESULT_KEY)
     if fast is not None:
@@ -112,9 +117,33 @@ class S3Store:
         except (ClientError, BotoCoreError) as exc:
             raise self._translate(exc, None) from None
 
-    def _pages(self, prefix: str, page_size: int, delimiter: str | None = None) -> Iterator[dict[str, Any]]:
+    def list_from(
+        self, prefix: str, start: str | None, *, delimited: bool = False, page_size: int = 1000
+    ) -> Iterator[tuple[list[str], list[ObjectRef]]]:
+        """`list_level` (delimited) or `list_pages` from the first key (or prefix) >= `start`.
+
+        StartAfter is exclusive, so it is given a string just below `start`; anything listed
+        between the two is dropped here. Pages are yielded even when nothing is left of them.
+        """
+        after = just_below(start) if start else None
+        try:
+            for page in self._pages(prefix, page_size, "/" if delimited else None, after):
+                prefixes = [p["Prefix"] for p in page.get("CommonPrefixes", ())]
+                refs = _page_refs(page)
+                if start and ((refs and refs[0].key < start) or (prefixes and prefixes[0] < start)):
+                    refs = [r for r in refs if r.key >= start]
+                    prefixes = [p for p in prefixes if p >= start]
+                yield prefixes, refs
+        except (ClientError, BotoCoreError) as exc:
+            raise self._translate(exc, None) from None
+
+    def _pages(
+        self, prefix: str, page_size: int, delimiter: str | None = None, start_after: str | None = None
+    ) -> Iterator[dict[str, Any]]:
         """botocore's first page, then lean ones (`s3_pages`) as long as they come back plain."""
         kwargs = {"Bucket": self.bucket, "Prefix": prefix, **({"Delimiter": delimiter} if delimiter else {})}
+        if start_after:
+            kwargs["StartAfter"] = start_after
         if self.raw is None:
             paginator = self.lister.get_paginator("list_objects_v2")
             yield from paginator.paginate(**kwargs, PaginationConfig={"PageSize": page_size})

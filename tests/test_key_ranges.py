@@ -1,0 +1,192 @@
+"""Listers that hand the rest of their key range to others: the same objects, the same sidecar
+pairs, each object once, as one serial lister sees them; and cuts that never split a group."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from encord_ingest.models import ObjectRef
+from integrations.storage import Source
+from integrations.storage.base import ObjectInfo
+from tasks.key_ranges import split_points
+from tasks.listing import ListingOptions, ListingStats, iter_batches, iter_chunks
+
+
+class MemoryStore:
+    """A sorted key space with the listing calls of a cloud store, `list_from` included."""
+
+    scheme = "mem"
+    bucket = "mem"
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = sorted(set(keys))
+        self.key_set = set(self.keys)
+        self.starts: list[str | None] = []
+        self._lock = threading.Lock()
+
+    def _refs(self, keys: list[str]) -> list[ObjectRef]:
+        return [ObjectRef(key=k, size=1, etag=k, last_modified="t") for k in keys]
+
+    def _names(self, prefix: str, start: str | None, delimited: bool) -> list[str]:
+        names: list[str] = []
+        at = bisect.bisect_left(self.keys, max(prefix, start or ""))
+        for key in self.keys[at:]:
+            if not key.startswith(prefix):
+                break
+            rest = key[len(prefix) :]
+            name = prefix + rest.split("/", 1)[0] + "/" if delimited and "/" in rest else key
+            if not names or names[-1] != name:
+                names.append(name)
+        return names
+
+    def list_from(
+        self, prefix: str, start: str | None, *, delimited: bool = False, page_size: int = 1000
+    ) -> Iterator[tuple[list[str], list[ObjectRef]]]:
+        with self._lock:
+            self.starts.append(start)
+        names = self._names(prefix, start, delimited)
+        for i in range(0, max(len(names), 1), page_size):
+            page = names[i : i + page_size]
+            yield [n for n in page if n not in self.key_set], self._refs([n for n in page if n in self.key_set])
+
+    def list_pages(self, prefix: str, *, page_size: int = 1000) -> Iterator[list[ObjectRef]]:
+        for _, refs in self.list_from(prefix, None, page_size=page_size):
+            if refs:
+                yield refs
+
+    def list_level(self, prefix: str) -> Iterator[tuple[list[str], list[ObjectRef]]]:
+        yield from self.list_from(prefix, None, delimited=True)
+
+    def head(self, key: str) -> ObjectInfo:
+        if key not in self.key_set:
+            raise FileNotFoundError(key)
+        return ObjectInfo(content_type="", metadata={})
+
+    def url_for(self, key: str) -> str:
+        return f"mem://{key}"
+
+
+def listed(store: Any, prefix: str, fanout: int, page_size: int) -> tuple[list, list[str], int]:
+    """(entries as (key, sidecar key), orphan keys, streams) of the whole listing."""
+    source = Source(url="mem://", store=store, prefix=prefix)  # type: ignore[arg-type]
+    pairs, orphans, streams = [], [], set()
+    for chunk in iter_chunks(source, ListingOptions(page_size=page_size, fanout=fanout, split_page_seconds=0)):
+        pairs += [(e.obj.key, e.sidecar.key if e.sidecar else None) for e in chunk.entries]
+        orphans += [o.key for o in chunk.orphans]
+        streams.add(chunk.stream)
+    return pairs, orphans, len(streams)
+
+
+NAME = st.text(alphabet="0129az.-_/", min_size=1, max_size=6)
+SUFFIXES = st.sampled_from(["", ".jpg", ".jpg.json", ".json", ".metadata.json", ".jpg.metadata.json", "-1.jpg"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    stems=st.lists(NAME, min_size=1, max_size=60),
+    suffixes=st.lists(SUFFIXES, min_size=1, max_size=4),
+    numbered=st.integers(0, 300),
+    page_size=st.integers(2, 7),
+    fanout=st.integers(2, 4),
+    prefix=st.sampled_from(["", "d/", "d"]),
+)
+def test_split_listing_equals_one_serial_lister(
+    stems: list[str], suffixes: list[str], numbered: int, page_size: int, fanout: int, prefix: str
+) -> None:
+    keys = [prefix + stem + suffix for stem in stems for suffix in suffixes]
+    keys += [f"{prefix}img_{i:04d}.jpg" for i in range(numbered)]  # long runs: these get split
+    keys += [f"{prefix}img_{i:04d}.jpg.json" for i in range(0, numbered, 7)]
+    keys += [f"{prefix}frame-{i:03d}.png" for i in range(numbered // 2)] + [f"{prefix}frame", f"{prefix}frame.json"]
+    keys = [k.replace("//", "/") for k in keys if not k.endswith("/")]
+    store = MemoryStore(keys)
+    serial = listed(store, prefix, 1, page_size)
+    split = listed(store, prefix, fanout, page_size)
+    assert sorted(split[0]) == sorted(serial[0])  # the same entries with the same sidecars
+    assert len(split[0]) == len({k for k, _ in split[0]})  # each object once
+    assert sorted(split[1]) == sorted(serial[1])
+
+
+def test_a_flat_run_of_keys_is_split_into_ranges_that_start_where_they_should() -> None:
+    keys = [f"img_{i:05d}.jpg" for i in range(3000)] + [f"img_{i:05d}.jpg.metadata.json" for i in range(0, 3000, 3)]
+    store = MemoryStore(keys)
+    pairs, orphans, streams = listed(store, "", 4, 50)
+    assert sorted(k for k, _ in pairs) == sorted(k for k in keys if k.endswith(".jpg"))
+    assert sum(1 for _, s in pairs if s) == 1000 and not orphans
+    assert streams > 4, "the flat level was not split"
+    started = sorted(s for s in store.starts if s)
+    assert started and all(s.startswith("img_") and "." not in s for s in started)
+
+
+def test_batches_of_split_ranges_stay_in_one_stream_and_are_counted_once() -> None:
+    keys = [f"a/{i:05d}.jpg" for i in range(2000)]
+    source = Source(url="mem://", store=MemoryStore(keys), prefix="a/")  # type: ignore[arg-type]
+    stats = ListingStats()
+    batches = list(iter_batches(source, ListingOptions(page_size=20, fanout=3, split_page_seconds=0), 64, stats))
+    seen = [e.obj.key for b in batches for e in b]
+    assert sorted(seen) == keys and stats.listed == 2000
+    assert all(b[0].obj.key <= b[-1].obj.key for b in batches)
+
+
+@given(
+    first=st.text(alphabet="09az.-_/", max_size=8),
+    rest=st.text(alphabet="09az.-_/", min_size=1, max_size=8),
+    prefix=st.sampled_from(["", "p/", "p"]),
+    members=st.lists(st.text(alphabet="09az.-_", max_size=6), min_size=1, max_size=5),
+)
+def test_cuts_lie_above_the_last_key_and_never_inside_a_sidecar_group(
+    first: str, rest: str, prefix: str, members: list[str]
+) -> None:
+    low, high = sorted([prefix + first, prefix + first + rest])
+    cuts = split_points(low, high, prefix, is_key=lambda _: True)
+    assert cuts == sorted(set(cuts))
+    assert all(c > high and c.startswith(prefix) and "." not in c[len(prefix) :] for c in cuts)
+    for cut in cuts:  # a group is X and X.something; only an X the cut starts with could be split
+        for stem in (cut[:i] for i in range(len(cut) + 1)):
+            group = [stem, *(f"{stem}.{m}" for m in members)]
+            assert len({g < cut for g in group}) == 1, (cut, group)
+
+
+def test_s3_ranges_start_at_their_key_inclusive_and_split_a_flat_level(
+    s3: Any, aws: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3's StartAfter is exclusive: a range starting at `img_02` must still list the key `img_02`."""
+    from integrations.storage.s3 import S3Store
+
+    for name, value in aws.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"ranges-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    keys = [f"flat/img_{i:03d}.jpg" for i in range(80)] + [f"flat/img_{i:03d}.jpg.json" for i in range(0, 80, 4)]
+    keys += ["flat/img_02", "flat/img_01\U0010fffd.jpg", "flat/sub/x.jpg", "top.jpg"]
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    store = S3Store(bucket)
+    pages = list(store.list_from("flat/", "flat/img_02", page_size=3))
+    got = [r.key for _, refs in pages for r in refs]  # the key just below the start is listed, then dropped
+    assert got[:3] == ["flat/img_02", "flat/img_020.jpg", "flat/img_020.jpg.json"]
+    assert got == sorted(k for k in keys if k.startswith("flat/") and k >= "flat/img_02")
+    level = [p for ps, _ in store.list_from("flat/", "flat/s", delimited=True, page_size=2) for p in ps]
+    assert level == ["flat/sub/"]
+
+    source = Source(url=f"s3://{bucket}/", store=store, prefix="")
+    serial = listed(store, "", 1, 5)  # type: ignore[arg-type]
+    split = listed(store, "", 3, 5)  # type: ignore[arg-type]
+    assert sorted(split[0]) == sorted(serial[0]) and len(serial[0]) == len(keys) - 20
+    assert split[2] > 3, "the level was not split"
+    assert source.id == f"s3://{bucket}/"
+
+
+def test_a_level_whose_pages_come_fast_is_not_split() -> None:
+    """Each range costs a request or two: below `split_page_seconds` per page it is not worth it."""
+    store = MemoryStore([f"img_{i:05d}.jpg" for i in range(3000)])
+    source = Source(url="mem://", store=store, prefix="")  # type: ignore[arg-type]
+    streams = {chunk.stream for chunk in iter_chunks(source, ListingOptions(page_size=50, fanout=4))}
+    assert streams == {0} and store.starts == [None]
