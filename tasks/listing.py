@@ -6,8 +6,10 @@ latency hides behind the work instead of adding to it.
 
 With `fanout > 1` the top level under the prefix is listed with a delimiter and each child
 prefix is listed by a bounded pool of listers (one sequential lister tops out near 3,000
-keys/s on S3). Each lister's stream is sorted, so sidecar pairing runs per lister; batches are
-cut per stream so a batch stays a contiguous key range. A bounded queue between listers and
+keys/s on S3). On stores that can start a listing at a key (S3, GCS), a lister whose pages come
+slowly hands the rest of a long range to the pool (`tasks.key_ranges`), so a flat level is
+listed in parallel too. Each lister's stream is sorted, so sidecar pairing runs per lister;
+batches are cut per stream so a batch stays a contiguous key range. A bounded queue between listers and
 the consumer keeps memory flat whatever the bucket size.
 """
 
@@ -132,21 +134,24 @@ def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
             next_stream[0] += 1
             return stream
 
-    def hand_off(work: _Range, first: str, last: str) -> None:
-        """The rest of `work` after `last`, cut into ranges for other listers; `work` ends at the first cut."""
+    def hand_off(work: _Range, first: str, last: str) -> bool:
+        """The rest of `work` after `last`, cut into ranges for other listers, when some would
+        otherwise sit idle; `work` then ends at the first cut. A range costs a request or two
+        more (its first page, and the page that runs past its end)."""
         with lock:
-            if queued_ranges[0] >= MAX_QUEUED_RANGES * opts.fanout:
-                return  # enough work waiting: go on alone
+            if outstanding[0] > opts.fanout or queued_ranges[0] >= MAX_QUEUED_RANGES * opts.fanout:
+                return False  # every lister has work: go on alone
 
         def maybe_key(name: str) -> bool:  # a name below `first` and in this range would have come first
             return not ((work.start or "") <= name < first)
 
         cuts = split_points(first, last, work.prefix, work.end, maybe_key)
         if not cuts:
-            return
+            return False
         for lo, hi in zip(cuts, [*cuts[1:], work.end], strict=True):
             pool.submit(listed, _Range(work.prefix, lo, hi), new_stream(ranges=1), True)
         work.end = cuts[0]
+        return True
 
     def range_pages(work: _Range, delimited: bool = False) -> Iterator[list[ObjectRef]]:
         """Objects of `work`; a delimited listing's prefixes go to child listers. After
@@ -154,7 +159,7 @@ def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
         assert ranged is not None
         first, seen, spawned = "", "", ""  # spawned: a service may repeat a level's prefixes on every page
         pages = iter(ranged(work.prefix, work.start, delimited=delimited, page_size=opts.page_size))
-        waited, number = 0.0, 0
+        waited, number, handed = 0.0, 0, False
         while True:
             asked = time.monotonic()
             page = next(pages, None)
@@ -180,8 +185,9 @@ def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
             low, high = _first_last(prefixes, objects)
             first = first or low
             seen = max(seen, high)  # a service may send a level's prefixes ahead of its objects
-            if number == SPLIT_AFTER and full and waited >= SPLIT_AFTER * opts.split_page_seconds:
-                hand_off(work, first, seen)
+            slow = waited >= number * opts.split_page_seconds
+            if not handed and number >= SPLIT_AFTER and full and slow:
+                handed = hand_off(work, first, seen)  # once per range: the rest now ends at the first cut
 
     def child_prefix(prefix: str) -> None:
         while not pending_prefixes.acquire(timeout=0.2):
