@@ -57,7 +57,7 @@ class IngestParams(BaseModel):
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=500_000)
     batch_bytes: int = Field(default=DEFAULT_BATCH_BYTES, ge=64 * 1024, le=512 * 1024 * 1024)
     max_in_flight: int = Field(default=4, ge=1, le=64, description="batches processed at once")
-    fanout: int = Field(default=4, ge=1, le=64, description="parallel listers over top-level prefixes")
+    fanout: int = Field(default=4, ge=1, le=64, description="parallel listers over top-level prefixes and key ranges")
     io_workers: int = Field(default=16, ge=1, le=256, description="threads for per-object reads")
     item_retries: int = Field(default=3, ge=0, le=20)
     item_retry_wait: float = Field(
