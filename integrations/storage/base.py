@@ -62,6 +62,14 @@ class ObjectStore(Protocol):
         ...
 
 
+def from_start(prefixes: list[str], refs: list[ObjectRef], start: str | None) -> tuple[list[str], list[ObjectRef]]:
+    """A listing page without the names below `start`: what a service listed before it (S3's
+    StartAfter, given a string just below `start`) or in spite of it (a startOffset ignored)."""
+    if start and ((refs and refs[0].key < start) or (prefixes and prefixes[0] < start)):
+        return [p for p in prefixes if p >= start], [r for r in refs if r.key >= start]
+    return prefixes, refs
+
+
 def paged(refs: Iterable[ObjectRef], page_size: int) -> Iterator[list[ObjectRef]]:
     """Pages of `page_size` refs for stores whose listing is not paged by a service."""
     it = iter(refs)

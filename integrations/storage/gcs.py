@@ -15,7 +15,7 @@ from requests.adapters import HTTPAdapter
 
 from encord_ingest.errors import AbortError, CredentialsError, SourceNotFoundError
 from encord_ingest.models import ObjectRef
-from integrations.storage.base import ObjectInfo
+from integrations.storage.base import ObjectInfo, from_start
 
 # Only what ObjectRef needs: real GCS then sends (and the client parses) a fraction of each page.
 _LIST_FIELDS = "items(name,size,etag,generation,updated),prefixes,nextPageToken"
@@ -139,21 +139,12 @@ class GCSStore:
         try:
             for page in blobs.pages:
                 raw = page.raw_page
-                prefixes, refs = list(raw.get("prefixes", ())), list(map(_item_ref, raw.get("items", ())))
-                if start and ((refs and refs[0].key < start) or (prefixes and prefixes[0] < start)):
-                    refs = [r for r in refs if r.key >= start]  # a service that ignores startOffset
-                    prefixes = [p for p in prefixes if p >= start]
-                yield prefixes, refs
+                yield from_start(list(raw.get("prefixes", ())), list(map(_item_ref, raw.get("items", ()))), start)
         except _ERRORS as exc:
             raise self._translate(exc, None) from None
 
     def list_level(self, prefix: str) -> Iterator[tuple[list[str], list[ObjectRef]]]:
-        blobs = self.client.list_blobs(self.bucket, prefix=prefix or None, delimiter="/", fields=_LIST_FIELDS)
-        try:
-            for page in blobs.pages:
-                yield list(page.raw_page.get("prefixes", ())), list(map(_item_ref, page.raw_page.get("items", ())))
-        except _ERRORS as exc:
-            raise self._translate(exc, None) from None
+        return self.list_from(prefix, None, delimited=True)
 
     def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
         if max_bytes is not None:

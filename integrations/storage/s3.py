@@ -15,7 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from encord_ingest.errors import AbortError, CredentialsError, SourceNotFoundError
 from encord_ingest.models import ObjectRef
 from integrations.storage import s3_contents, s3_pages
-from integrations.storage.base import ObjectInfo
+from integrations.storage.base import ObjectInfo, from_start
 
 _CREDENTIAL_CODES = {
     "InvalidAccessKeyId",
@@ -128,12 +128,7 @@ class S3Store:
         after = just_below(start) if start else None
         try:
             for page in self._pages(prefix, page_size, "/" if delimited else None, after):
-                prefixes = [p["Prefix"] for p in page.get("CommonPrefixes", ())]
-                refs = _page_refs(page)
-                if start and ((refs and refs[0].key < start) or (prefixes and prefixes[0] < start)):
-                    refs = [r for r in refs if r.key >= start]
-                    prefixes = [p for p in prefixes if p >= start]
-                yield prefixes, refs
+                yield from_start([p["Prefix"] for p in page.get("CommonPrefixes", ())], _page_refs(page), start)
         except (ClientError, BotoCoreError) as exc:
             raise self._translate(exc, None) from None
 
@@ -165,12 +160,7 @@ class S3Store:
     def list_level(self, prefix: str, *, page_size: int = 1000) -> Iterator[tuple[list[str], list[ObjectRef]]]:
         """One level below `prefix`, lean after the first page as `list_pages` (a flat bucket is
         listed whole here)."""
-        try:
-            for page in self._pages(prefix, page_size, "/"):
-                prefixes = [p["Prefix"] for p in page.get("CommonPrefixes", ())]
-                yield prefixes, _page_refs(page)
-        except (ClientError, BotoCoreError) as exc:
-            raise self._translate(exc, None) from None
+        return self.list_from(prefix, None, delimited=True, page_size=page_size)
 
     def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
