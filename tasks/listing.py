@@ -36,7 +36,6 @@ PREFETCH_PAGES = 4
 SPLIT_AFTER = 2  # full pages a lister reads before it hands the rest of its range to others
 # Handing off costs each new range a request or two; worth it where a page takes ~0.1 s (S3, GCS),
 # not where it takes a millisecond (a local emulator), hence `ListingOptions.split_page_seconds`.
-MAX_QUEUED_RANGES = 8  # per lister: ranges waiting beyond this, nobody splits further
 
 ORPHAN_REASON = "JSON file with no object beside it (sidecar files are never imported)"
 
@@ -114,7 +113,6 @@ def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
     lock = threading.Lock()
     outstanding = [1]
     next_stream = [1]
-    queued_ranges = [0]
     pool = ThreadPoolExecutor(max_workers=opts.fanout + 1, thread_name_prefix="lister")
 
     def put(item: Chunk | BaseException | None) -> None:
@@ -126,10 +124,9 @@ def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
                 continue
         raise _Stop
 
-    def new_stream(ranges: int = 0) -> int:
+    def new_stream() -> int:
         with lock:
             outstanding[0] += 1
-            queued_ranges[0] += ranges
             stream = next_stream[0]
             next_stream[0] += 1
             return stream
@@ -139,8 +136,8 @@ def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
         otherwise sit idle; `work` then ends at the first cut. A range costs a request or two
         more (its first page, and the page that runs past its end)."""
         with lock:
-            if outstanding[0] > opts.fanout or queued_ranges[0] >= MAX_QUEUED_RANGES * opts.fanout:
-                return False  # every lister has work: go on alone
+            if outstanding[0] > opts.fanout:  # every lister has work (this also bounds the ranges waiting)
+                return False
 
         def maybe_key(name: str) -> bool:  # a name below `first` and in this range would have come first
             return not ((work.start or "") <= name < first)
@@ -149,7 +146,7 @@ def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
         if not cuts:
             return False
         for lo, hi in zip(cuts, [*cuts[1:], work.end], strict=True):
-            pool.submit(listed, _Range(work.prefix, lo, hi), new_stream(ranges=1), True)
+            pool.submit(listed, _Range(work.prefix, lo, hi), new_stream(), True)
         work.end = cuts[0]
         return True
 
@@ -157,7 +154,7 @@ def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
         """Objects of `work`; a delimited listing's prefixes go to child listers. After
         SPLIT_AFTER full pages the rest of the range is handed off (`hand_off`)."""
         assert ranged is not None
-        first, seen, spawned = "", "", ""  # spawned: a service may repeat a level's prefixes on every page
+        first, seen, spawned = "", "", ""
         pages = iter(ranged(work.prefix, work.start, delimited=delimited, page_size=opts.page_size))
         waited, number, handed = 0.0, 0, False
         while True:
@@ -174,10 +171,7 @@ def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
                 prefixes = [p for p in prefixes if p < end]
                 objects = [o for o in objects if o.key < end]
                 done = True
-            for prefix in prefixes:
-                if prefix > spawned:
-                    child_prefix(prefix)
-                    spawned = prefix
+            spawned = child_prefixes(prefixes, spawned)
             if objects:
                 yield objects
             if done or not (prefixes or objects):
@@ -189,16 +183,20 @@ def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
             if not handed and number >= SPLIT_AFTER and full and slow:
                 handed = hand_off(work, first, seen)  # once per range: the rest now ends at the first cut
 
-    def child_prefix(prefix: str) -> None:
-        while not pending_prefixes.acquire(timeout=0.2):
-            if stop.is_set():
-                raise _Stop
-        pool.submit(listed, _Range(prefix), new_stream(), False)
+    def child_prefixes(prefixes: list[str], spawned: str) -> str:
+        """A lister for each prefix after `spawned` (a service may repeat a level's prefixes on
+        every page: fake-gcs-server does); returns the last prefix spawned."""
+        for prefix in prefixes:
+            if prefix <= spawned:
+                continue
+            while not pending_prefixes.acquire(timeout=0.2):
+                if stop.is_set():
+                    raise _Stop
+            pool.submit(listed, _Range(prefix), new_stream(), False)
+            spawned = prefix
+        return spawned
 
     def listed(work: _Range, stream: int, is_range: bool) -> None:
-        if is_range:
-            with lock:
-                queued_ranges[0] -= 1
         try:
             pages = range_pages(work) if ranged else store.list_pages(work.prefix, page_size=opts.page_size)
             for chunk in _paired(source, opts, pages, stream):
@@ -221,12 +219,9 @@ def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
                 if ranged is not None:
                     yield from range_pages(_Range(source.prefix), delimited=True)
                     return
-                spawned = ""  # a service may repeat a level's prefixes on every page (fake-gcs-server does)
+                spawned = ""
                 for prefixes, objects in store.list_level(source.prefix):
-                    for prefix in prefixes:
-                        if prefix > spawned:
-                            child_prefix(prefix)
-                            spawned = prefix
+                    spawned = child_prefixes(prefixes, spawned)
                     if objects:
                         yield objects
 
