@@ -42,6 +42,13 @@ def aws(moto: Proc) -> dict[str, str]:
     return aws_env(moto.url)
 
 
+@pytest.fixture
+def aws_in_environ(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's environment points boto3 at moto (for stores opened in the test itself)."""
+    for name, value in aws.items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.fixture(scope="session")
 def s3(aws: dict[str, str]) -> Any:
     return boto3.client(

@@ -134,11 +134,7 @@ class CountingS3(S3Store):
         return self._count(key, super().read_bytes(key, max_bytes=max_bytes))
 
 
-def test_reading_dicom_fetches_a_small_bounded_number_of_bytes(
-    s3: Any, aws: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for name, value in aws.items():
-        monkeypatch.setenv(name, value)
+def test_reading_dicom_fetches_a_small_bounded_number_of_bytes(s3: Any, aws_in_environ: None, tmp_path: Path) -> None:
     bucket = f"bytes-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
     big = dicom_slice(study_uid=STUDY, series_uid=f"{STUDY}.7", index=0, size=512)  # 512 KiB of pixels

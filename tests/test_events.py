@@ -492,9 +492,7 @@ def test_sqs_malformed_message_is_left_for_the_redrive_policy(sqs: Any) -> None:
 # -- keyed batches (moto S3) -----------------------------------------------------------------------------
 
 
-def test_keyed_batches_head_pair_and_skip(s3: Any, aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in aws.items():
-        monkeypatch.setenv(name, value)
+def test_keyed_batches_head_pair_and_skip(s3: Any, aws_in_environ: None) -> None:
     bucket = f"keyed-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
     objects = {

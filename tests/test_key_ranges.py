@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -154,14 +153,10 @@ def test_cuts_lie_above_the_last_key_and_never_inside_a_sidecar_group(
             assert len({g < cut for g in group}) == 1, (cut, group)
 
 
-def test_s3_ranges_start_at_their_key_inclusive_and_split_a_flat_level(
-    s3: Any, aws: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_s3_ranges_start_at_their_key_inclusive_and_split_a_flat_level(s3: Any, aws_in_environ: None) -> None:
     """S3's StartAfter is exclusive: a range starting at `img_02` must still list the key `img_02`."""
     from integrations.storage.s3 import S3Store
 
-    for name, value in aws.items():
-        monkeypatch.setenv(name, value)
     bucket = f"ranges-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
     keys = [f"flat/img_{i:03d}.jpg" for i in range(80)] + [f"flat/img_{i:03d}.jpg.json" for i in range(0, 80, 4)]

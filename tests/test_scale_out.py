@@ -180,14 +180,8 @@ def _publish(s3: Any, source: str, fmt: str, parts: list[bytes]) -> str:
     return f"s3://{dest}/{base}/2026-01-01T00-00Z/manifest.json"
 
 
-@pytest.fixture
-def aws_env(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in aws.items():
-        monkeypatch.setenv(name, value)
-
-
 @pytest.mark.parametrize("fmt", ["CSV", "Parquet"])
-def test_inventory_rows_are_the_listing(s3: Any, aws_env: None, fmt: str) -> None:
+def test_inventory_rows_are_the_listing(s3: Any, aws_in_environ: None, fmt: str) -> None:
     bucket = f"src-{uuid.uuid4().hex[:8]}"
     _seed_source(s3, bucket)
     rows = _rows(s3, bucket)
@@ -217,7 +211,7 @@ def test_inventory_rows_are_the_listing(s3: Any, aws_env: None, fmt: str) -> Non
     assert len(entries) == 12
 
 
-def test_inventory_shards_cover_the_inventory_once(s3: Any, aws_env: None) -> None:
+def test_inventory_shards_cover_the_inventory_once(s3: Any, aws_in_environ: None) -> None:
     bucket = f"src-{uuid.uuid4().hex[:8]}"
     _seed_source(s3, bucket)
     rows = _rows(s3, bucket)

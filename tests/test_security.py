@@ -107,14 +107,12 @@ def test_keys_that_need_encoding_register_end_to_end(cli: Any, emulator: Any, s3
 
 
 def test_lean_s3_listing_reads_the_same_objects_as_stock_boto3(
-    s3: Any, aws: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    s3: Any, aws_in_environ: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The listing client's own `<Contents>` reader against botocore's parser, on keys that need escaping."""
     from integrations.storage import s3_contents
     from integrations.storage.s3 import S3Store
 
-    for name, value in aws.items():
-        monkeypatch.setenv(name, value)
     bucket = f"lean-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
     keys = ["with space.jpg", "ünïcode/ß.png", "q?mark#hash+plus.jpg", "a%20b.jpg", "amp&lt;<>'\".jpg", "tab\tx.jpg"]
@@ -154,14 +152,12 @@ def test_lean_s3_listing_reads_the_same_objects_as_stock_boto3(
 
 
 def test_lean_s3_level_listing_reads_the_same_prefixes_and_objects_as_stock_boto3(
-    s3: Any, aws: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    s3: Any, aws_in_environ: None
 ) -> None:
     """A delimited level (the fanout's root, a flat bucket whole) read lean after its first page,
     page by page the same as botocore's parser, prefixes that need escaping or URL-decoding included."""
     from integrations.storage.s3 import S3Store
 
-    for name, value in aws.items():
-        monkeypatch.setenv(name, value)
     bucket = f"level-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
     prefixes = ["sp ace/", "ünï/", "amp&lt;</", "plus+/", "pct%20/", *[f"dir{i:02d}/" for i in range(12)]]
