@@ -12,7 +12,8 @@ Cuts never separate an object from its sidecars. Every member of a sidecar group
 name without a dot) or starts with `X.` (tasks.sidecars), so a cut `b` falls inside a group only
 if `b` is `X` followed by `.` or a character below it (`-`, space, ...). Cuts therefore copy no
 `.` after the listing's prefix, and copy a character below `.` only where the name before it is
-not a key (`is_key`, one look-up per such place; unknown counts as a key).
+not a key (`is_key`, one look-up per such place; unknown counts as a key). A prefix whose last
+name holds a `.` is not cut at all: every name under it is in one group.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def split_points(
     a cut copies `last` up to a position and puts a larger character of the same kind (digit,
     upper or lower case letter) there. See the module docstring for the positions never used.
     """
-    if not last.startswith(prefix):
-        return []
+    if not last.startswith(prefix) or "." in prefix.rpartition("/")[2]:
+        return []  # under `dir/a.` every name is in the one group `dir/a.`
     vary = next((i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), min(len(first), len(last)))
     usable = len(prefix)  # cuts may copy last[len(prefix):usable]
     while usable < min(vary, len(last) - 1):

@@ -174,8 +174,10 @@ def _fanout_chunks(source: Source, opts: ListingOptions) -> Iterator[Chunk]:
             spawned = child_prefixes(prefixes, spawned)
             if objects:
                 yield objects
-            if done or not (prefixes or objects):
+            if done:
                 return
+            if not (prefixes or objects):  # not the end: S3 pages of names below a range's start, GCS pages
+                continue
             low, high = _first_last(prefixes, objects)
             first = first or low
             seen = max(seen, high)  # a service may send a level's prefixes ahead of its objects

@@ -55,8 +55,13 @@ def _clients() -> tuple[Any, Any]:
 
 
 def just_below(start: str) -> str:
-    """A string below `start` with no plausible key between the two, for StartAfter (exclusive)."""
-    return start[:-1] + chr(ord(start[-1]) - 1) + "\U0010fffd"
+    """A string below `start` (not empty) with no plausible key between the two, for StartAfter
+    (exclusive); what S3 lists between them is dropped by the caller."""
+    head, last = start[:-1], ord(start[-1])
+    if last == 0:  # nothing lies between `head` and `head` + NUL
+        return head
+    below = last - 1 if not 0xD800 <= last - 1 <= 0xDFFF else 0xD7FF  # never a lone surrogate (no UTF-8 for it)
+    return head + chr(below) + "\U0010fffd"
 
 
 def _page_refs(page: dict[str, Any]) -> list[ObjectRef]:
