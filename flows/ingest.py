@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from prefect import flow
@@ -178,15 +179,31 @@ def _ingest(params: IngestParams, encord_key_block: str | None, secret_env: dict
 
 
 def run_ingest_flow(params: IngestParams) -> State[Any]:
-    """The ingest flow run to its final state from sync code (the CLI, the demo, the bench).
+    """The ingest flow run to its final state from sync code (the CLI, the demo, the bench)."""
+    return run_on_own_loop(lambda: ingest(params, return_state=True))
+
+
+def run_on_own_loop(start: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run an async flow call on a new event loop, so Ctrl-C stops it as it stops a sync flow.
 
     Not `asyncio.run`: that turns the first Ctrl-C into a cancel of the flow's coroutine, which
-    the sync body never awaits on, so the run would go on; on a plain loop Ctrl-C raises
-    KeyboardInterrupt in the body at once and Prefect marks the run Crashed, as with a sync flow.
+    a sync body never awaits on, so the run would go on. On a plain loop Ctrl-C raises
+    KeyboardInterrupt in the body and the engine marks the run Crashed; when it lands in the
+    loop instead (the engine waiting on the API before or after the body), the flow's task is
+    cancelled and awaited here, so the engine still records the crash rather than leaving the
+    run Pending or Running.
     """
     loop = asyncio.new_event_loop()
     try:
-        return loop.run_until_complete(ingest(params, return_state=True))
+        task = loop.create_task(start())
+        try:
+            return loop.run_until_complete(task)
+        except KeyboardInterrupt:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    loop.run_until_complete(task)
+            raise
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())

@@ -239,3 +239,32 @@ def test_every_listed_object_ends_in_exactly_one_state(
             if url in letters:
                 assert letters[url]["transient"], "only transient faults may stop a valid object"
     assert skipped == sum(1 for k in objects if k in ("unsupported", "empty"))
+
+
+def _ctrl_c() -> None:
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_the_engine_awaits_still_marks_the_run_crashed(prefect_api: str) -> None:
+    """Ctrl-C can land in the event loop rather than in the flow's body (the engine waiting on
+    the API before or after it): the run must still end Crashed, not stay Running for ever."""
+    import asyncio
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    from flows.ingest import run_on_own_loop
+
+    name = f"ctrl-c-{uuid.uuid4().hex[:8]}"
+
+    @flow(name="ctrl-c-probe", flow_run_name=name)
+    async def waits() -> None:
+        asyncio.get_running_loop().call_later(0.2, _ctrl_c)  # raised by the loop, outside the body's code
+        await asyncio.sleep(60)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_on_own_loop(waits)
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
+    assert [run.state_type.value for run in runs] == ["CRASHED"]
